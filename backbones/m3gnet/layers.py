@@ -1,0 +1,73 @@
+"""M3GNet building blocks: gated MLP, three-body interaction, and the bond/atom/state block."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch_geometric.utils import scatter
+
+
+def mlp(dims: Sequence[int], activate_last: bool, bias: bool = True) -> nn.Sequential:
+    """Linear layers with SiLU between them (and after the last one if activate_last)."""
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if k < len(dims) - 2 or activate_last:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class GatedMLP(nn.Module):
+    """value(x) * sigmoid(gate(x)): two MLPs of the same shape, one gating the other."""
+
+    def __init__(self, dims: Sequence[int], activate_last: bool = True, bias: bool = True):
+        super().__init__()
+        self.value = mlp(dims, activate_last=activate_last, bias=bias)
+        self.gate = mlp(dims, activate_last=False, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value(x) * torch.sigmoid(self.gate(x))
+
+
+class ThreeBodyInteraction(nn.Module):
+    """Adds to each bond ij the sum over k of basis(r_ik, theta_jik), gated by atom k and
+    weighted by the smooth cutoffs of r_ij and r_ik."""
+
+    def __init__(self, node_dim: int, edge_dim: int, basis_dim: int):
+        super().__init__()
+        self.atom_gate = nn.Sequential(nn.Linear(node_dim, basis_dim), nn.Sigmoid())
+        self.bond_update = GatedMLP([basis_dim, edge_dim], bias=False)
+
+    def forward(self, nodes, edges, neighbour, triplets, three_body_basis, three_body_cutoff):
+        ij, ik = triplets
+        gated = three_body_basis * self.atom_gate(nodes)[neighbour[ik]]
+        weighted = gated * (three_body_cutoff[ij] * three_body_cutoff[ik])[:, None]
+        summed = scatter(weighted, ij, dim=0, dim_size=edges.shape[0], reduce="sum")
+        return edges + self.bond_update(summed)
+
+
+class M3GNetBlock(nn.Module):
+    """Bond update, then atom update, then (if the model has one) global state update."""
+
+    def __init__(self, node_dim: int, edge_dim: int, state_dim: int, radial_dim: int, hidden: Sequence[int]):
+        super().__init__()
+        inputs = 2 * node_dim + edge_dim + state_dim
+        self.edge_update = GatedMLP([inputs, *hidden, edge_dim])
+        self.edge_radial = nn.Linear(radial_dim, edge_dim, bias=False)
+        self.node_update = GatedMLP([inputs, *hidden, node_dim])
+        self.node_radial = nn.Linear(radial_dim, node_dim, bias=False)
+        self.state_update = mlp([node_dim + state_dim, *hidden, state_dim], activate_last=True) if state_dim else None
+
+    def forward(self, nodes, edges, state, edge_index, edge_graph, node_graph, radial, n_graphs):
+        centre, neighbour = edge_index
+        context = [nodes[centre], nodes[neighbour]]
+        edge_state = [state[edge_graph]] if state is not None else []
+        edges = edges + self.edge_update(torch.cat([*context, edges, *edge_state], dim=1)) * self.edge_radial(radial)
+        messages = self.node_update(torch.cat([*context, edges, *edge_state], dim=1)) * self.node_radial(radial)
+        nodes = nodes + scatter(messages, centre, dim=0, dim_size=nodes.shape[0], reduce="sum")
+        if self.state_update is not None:
+            mean_nodes = scatter(nodes, node_graph, dim=0, dim_size=n_graphs, reduce="mean")
+            state = self.state_update(torch.cat([mean_nodes, state], dim=1))
+        return nodes, edges, state

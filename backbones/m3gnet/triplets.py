@@ -1,0 +1,50 @@
+"""Three-body (triplet) indices for M3GNet, built with numba.
+
+A triplet is an ordered pair of distinct edges (i->j, i->k) that share the centre atom i and
+are both shorter than the three-body cutoff. The pair is stored as edge ids so batching can
+offset them (graph key `triplet_edge_ids`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def triplet_edge_pairs(centre: np.ndarray, within: np.ndarray, n_atoms: int) -> np.ndarray:
+    """(2, T) array of edge ids (ij, ik), ij != ik, same centre, both flagged `within`."""
+    counts = np.zeros(n_atoms + 1, np.int64)
+    for e in range(centre.shape[0]):
+        if within[e]:
+            counts[centre[e] + 1] += 1
+    total = 0
+    for a in range(1, n_atoms + 1):
+        total += counts[a] * (counts[a] - 1)
+        counts[a] += counts[a - 1]
+    edges_of = np.empty(counts[n_atoms], np.int64)
+    fill = counts[:-1].copy()
+    for e in range(centre.shape[0]):
+        if within[e]:
+            edges_of[fill[centre[e]]] = e
+            fill[centre[e]] += 1
+    out = np.empty((2, total), np.int64)
+    t = 0
+    for a in range(n_atoms):
+        for p in range(counts[a], counts[a + 1]):
+            for q in range(counts[a], counts[a + 1]):
+                if p != q:
+                    out[0, t] = edges_of[p]
+                    out[1, t] = edges_of[q]
+                    t += 1
+    return out
+
+
+def triplets_of_graph(graph, three_body_cutoff: float) -> np.ndarray:
+    """Triplet edge ids of one AtomicGraph (positions and shifts as stored in it)."""
+    pos = graph.pos.detach().cpu().numpy()
+    cell = graph.cell.detach().cpu().numpy().reshape(3, 3)
+    i, j = graph.edge_index.cpu().numpy()
+    vectors = pos[j] + graph.edge_shift.cpu().numpy() @ cell - pos[i]
+    within = np.einsum("ij,ij->i", vectors, vectors) < three_body_cutoff**2
+    return triplet_edge_pairs(i, within, int(graph.num_nodes))

@@ -1,0 +1,48 @@
+"""ASE calculator for a potential at one named fidelity."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from .data import from_atoms
+
+
+class FidelityCalculator(Calculator):
+    """Energy, forces and (for fully periodic cells) stress at `fidelity`.
+
+    The fidelity is required and checked against the model's names when the calculator is
+    made: a typo is an error here, not a silent default in the middle of an MD run.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, potential, fidelity: str, **kwargs):
+        super().__init__(**kwargs)
+        potential.fidelity_state.index(fidelity)
+        self.potential = potential.eval()
+        self.fidelity = fidelity
+
+    @classmethod
+    def from_file(cls, path, fidelity: str, device: str = "cpu") -> "FidelityCalculator":
+        from .serialization import load_potential
+
+        return cls(load_potential(path, device=device), fidelity)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        structure = from_atoms(self.atoms, fidelity=self.fidelity, label="atoms")
+        structure.energy, structure.forces, structure.stress = float("nan"), None, None
+        graph = self.potential.graph(structure)
+        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        out = self.potential(graph, forces=True, stress=want_stress)
+        energy = float(out["energy"].detach()[0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"].detach().cpu().numpy().astype(np.float64),
+            "energies": out["atomic_energies"].detach().cpu().numpy().astype(np.float64),
+        }
+        if want_stress:
+            s = out["stress"].detach().cpu().numpy().astype(np.float64)[0]
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

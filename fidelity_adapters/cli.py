@@ -1,0 +1,133 @@
+"""Command line: `fidelity-adapters demo | train | evaluate | info`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, hifi_fraction=args.hifi_fraction, batch_size=args.batch_size, seed=args.seed)
+
+
+def _train(args) -> None:
+    from .data import fidelities_of, load_structures
+    from .recipes import m3gnet_potential
+    from .serialization import save_potential
+    from .training import TrainConfig, split_indices, train
+
+    structures = []
+    for path in args.data:
+        structures.extend(load_structures(path, fidelity=args.data_fidelity))
+    if not structures:
+        raise ValueError("no structures in the given data files")
+    found = fidelities_of(structures)
+    fidelities = args.fidelities or found
+    unknown = sorted(set(found) - set(fidelities))
+    if unknown:
+        raise ValueError(f"data has fidelities {unknown} that are not in --fidelities {fidelities}")
+    if args.target is not None and args.target not in fidelities:
+        raise ValueError(f"--target {args.target!r} is not one of the fidelities {fidelities}")
+    train_set, val_set = [], []
+    for name in fidelities:
+        group = [s for s in structures if s.fidelity == name]
+        if not group:
+            raise ValueError(f"no structures of fidelity {name!r} in the data (found {found})")
+        val_ids, train_ids = split_indices(len(group), [args.val_fraction, 1 - args.val_fraction], args.seed)
+        if len(val_ids) == 0 and name == args.target:
+            val_ids, train_ids = train_ids[:1], train_ids[1:]
+        val_set += [group[k] for k in val_ids]
+        train_set += [group[k] for k in train_ids]
+    elements = sorted({int(z) for s in structures for z in np.unique(s.numbers)})
+    potential = m3gnet_potential(elements, fidelities)
+    print(potential.describe())
+    config = TrainConfig(
+        max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, force_weight=args.force_weight,
+        stress_weight=args.stress_weight, patience=args.patience, seed=args.seed, monitor=args.target,
+    )  # fmt: skip
+    result = train(potential, train_set, val_set, config, out_dir=args.out)
+    save_potential(potential, Path(args.out) / "model.safetensors", extra={"best_epoch": result.best_epoch})
+    print(f"best epoch {result.best_epoch}, validation loss {result.best_val_loss:.5g}; model: {Path(args.out) / 'model.safetensors'}")
+
+
+def _evaluate(args) -> None:
+    from .data import load_structures
+    from .evaluation import errors
+    from .serialization import load_potential
+
+    potential = load_potential(args.model)
+    structures = load_structures(args.data)
+    result = errors(potential, structures, args.fidelity)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"fidelity {args.fidelity}: {result['n_structures']} structures")
+        print(f"energy MAE {result['energy_mae_per_atom']:.5f} eV/atom")
+        print(f"force MAE  {result['force_mae']:.5f} eV/A")
+
+
+def _info(args) -> None:
+    from .serialization import read_metadata
+
+    print(json.dumps(read_metadata(args.model), indent=1))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fidelity-adapters", description="Multi-fidelity interatomic potentials.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="mfi vs 1fi M3GNet on the bundled PBE/SCAN water clusters")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--epochs", type=int, default=60)
+    demo.add_argument("--hifi-fraction", type=float, default=0.1)
+    demo.add_argument("--batch-size", type=int, default=8)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    tr = sub.add_parser("train", help="train an M3GNet potential on extxyz files of one or more fidelities")
+    tr.add_argument("data", nargs="+", help="extxyz files (plain or .gz); fidelity from info['fidelity']")
+    tr.add_argument("--out", required=True, help="output directory (checkpoint, best model; resumes if present)")
+    tr.add_argument("--fidelities", nargs="+", help="fidelity names in model order (default: as found in the data)")
+    tr.add_argument("--target", help="fidelity whose validation loss picks the best epoch")
+    tr.add_argument("--data-fidelity", help="fidelity of every structure, for files without info['fidelity']")
+    tr.add_argument("--epochs", type=int, default=100)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--force-weight", type=float, default=1.0)
+    tr.add_argument("--stress-weight", type=float, default=0.0)
+    tr.add_argument("--patience", type=int, default=200)
+    tr.add_argument("--val-fraction", type=float, default=0.1)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="energy and force MAE of a saved model at one fidelity")
+    ev.add_argument("model")
+    ev.add_argument("data")
+    ev.add_argument("--fidelity", required=True)
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=_evaluate)
+
+    info = sub.add_parser("info", help="print a saved model's metadata")
+    info.add_argument("model")
+    info.set_defaults(func=_info)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Labelled structures at named fidelities, from extxyz files, ASE Atoms or pymatgen.
+
+Every source is turned into `LabelledStructure`: geometry, a fidelity name and whatever
+labels exist. A missing label is NaN energy / None forces / None stress, never zero, so the
+loss can mask it per structure. Each structure carries a `label` (file and frame) that error
+messages use to point at the structure at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.io import read
+
+from .neighbors import neighbor_list
+
+MIN_DISTANCE = 0.1  # Angstrom; closer atoms are an input error, not physics
+
+
+@dataclass
+class LabelledStructure:
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    fidelity: str
+    energy: float = float("nan")
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None  # 3x3, eV/A^3, ASE sign convention
+    label: str = "structure"
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def has_energy(self) -> bool:
+        return bool(np.isfinite(self.energy))
+
+    def to_atoms(self) -> Atoms:
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        atoms.info.update(self.info)
+        atoms.info["fidelity"] = self.fidelity
+        return atoms
+
+
+def _stress_matrix(stress) -> np.ndarray | None:
+    if stress is None:
+        return None
+    stress = np.asarray(stress, dtype=float)
+    if stress.shape == (6,):
+        xx, yy, zz, yz, xz, xy = stress
+        stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    return stress.reshape(3, 3)
+
+
+def from_atoms(atoms: Atoms, fidelity: str | None = None, label: str = "structure") -> LabelledStructure:
+    """Convert one ASE Atoms; labels come from its calculator results or info/arrays."""
+    results = dict(atoms.calc.results) if atoms.calc is not None else {}
+    energy = results.get("energy", atoms.info.get("energy", atoms.info.get("REF_energy", np.nan)))
+    forces = results.get("forces", atoms.arrays.get("forces", atoms.arrays.get("REF_forces")))
+    stress = results.get("stress", atoms.info.get("stress"))
+    name = fidelity or atoms.info.get("fidelity")
+    if name is None:
+        raise ValueError(f"{label}: no fidelity given (pass fidelity=... or set atoms.info['fidelity'])")
+    info = {k: v for k, v in atoms.info.items() if k not in ("energy", "stress", "fidelity")}
+    return LabelledStructure(
+        numbers=np.asarray(atoms.numbers, dtype=np.int64),
+        positions=np.asarray(atoms.positions, dtype=np.float64),
+        cell=np.asarray(atoms.cell.array, dtype=np.float64),
+        pbc=np.asarray(atoms.pbc, dtype=bool),
+        fidelity=str(name),
+        energy=float(energy) if energy is not None else float("nan"),
+        forces=None if forces is None else np.asarray(forces, dtype=np.float64),
+        stress=_stress_matrix(stress),
+        label=label,
+        info=info,
+    )
+
+
+def from_pymatgen(
+    structure,
+    fidelity: str,
+    energy: float = float("nan"),
+    forces=None,
+    stress=None,
+    label: str = "structure",
+) -> LabelledStructure:
+    """Convert a pymatgen Structure or Molecule with labels given alongside."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = None
+    result = from_atoms(atoms, fidelity=fidelity, label=label)
+    result.energy = float(energy)
+    result.forces = None if forces is None else np.asarray(forces, dtype=np.float64)
+    result.stress = _stress_matrix(stress)
+    return result
+
+
+def read_structures(path: str | os.PathLike, fidelity: str | None = None, index: str = ":") -> list[LabelledStructure]:
+    """Read an extxyz file (plain or .gz); fidelity from the argument or each frame's info."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    frames = read(path, index=index)
+    frames = frames if isinstance(frames, list) else [frames]
+    return [from_atoms(a, fidelity=fidelity, label=f"{path.name}:{k}") for k, a in enumerate(frames)]
+
+
+def load_structures(source, fidelity: str | None = None) -> list[LabelledStructure]:
+    """Accept a path, a list of paths, Atoms, pymatgen objects or LabelledStructures."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_structures(source, fidelity)
+    if isinstance(source, Atoms):
+        return [from_atoms(source, fidelity)]
+    out: list[LabelledStructure] = []
+    for k, item in enumerate(source):
+        if isinstance(item, LabelledStructure):
+            out.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            out.extend(read_structures(item, fidelity))
+        elif isinstance(item, Atoms):
+            out.append(from_atoms(item, fidelity, label=f"structure {k}"))
+        else:
+            raise TypeError(
+                f"structure {k}: cannot read {type(item).__name__}; give ASE Atoms, an extxyz path or "
+                "use from_pymatgen(structure, fidelity, energy, forces) for pymatgen objects"
+            )
+    return out
+
+
+def validate(structure: LabelledStructure) -> None:
+    """Raise ValueError naming the structure if its geometry or labels are unusable."""
+    s = structure
+    if len(s) == 0:
+        raise ValueError(f"{s.label}: structure has no atoms")
+    if not np.all(np.isfinite(s.positions)):
+        bad = np.flatnonzero(~np.isfinite(s.positions).all(axis=1))
+        raise ValueError(f"{s.label}: positions of atoms {bad.tolist()} are NaN or infinite")
+    if s.pbc.any() and not np.all(np.isfinite(s.cell)):
+        raise ValueError(f"{s.label}: cell is NaN or infinite")
+    if s.forces is not None and s.forces.shape != s.positions.shape:
+        raise ValueError(f"{s.label}: forces have shape {s.forces.shape}, expected {s.positions.shape}")
+    i, j, shifts = neighbor_list(s.positions, s.cell, s.pbc, MIN_DISTANCE)
+    if len(i):
+        d = np.linalg.norm(s.positions[j] + shifts @ s.cell - s.positions[i], axis=1)
+        k = int(np.argmin(d))
+        raise ValueError(
+            f"{s.label}: atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} A apart (< {MIN_DISTANCE} A); "
+            "check units and duplicated atoms"
+        )
+
+
+def fidelities_of(structures: Iterable[LabelledStructure]) -> list[str]:
+    """Fidelity names in order of first appearance."""
+    return list(dict.fromkeys(s.fidelity for s in structures))
+
+
+def select(structures: Sequence[LabelledStructure], fidelity: str) -> list[LabelledStructure]:
+    return [s for s in structures if s.fidelity == fidelity]

@@ -1,0 +1,146 @@
+"""The potential: backbone + FidelityState -> energy, forces and stress at a named fidelity.
+
+E = scale * sum_i e_i + sum_i E_ref[fidelity, element_i]   (Ko & Ong eq. 4)
+Forces are -dE/dpositions and stress (1/V) dE/dstrain, both by autograd: positions and cell
+are strained by a zero displacement tensor whose gradient is the virial.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from torch import nn
+from torch_geometric.data import Batch
+
+from .data import LabelledStructure, from_atoms
+from .fidelity_state import FidelityState
+from .graph import AtomicGraph, build_graph
+from .references import fit_elemental_energies, force_scale
+
+
+def _atomic_numbers(elements: Sequence[int | str]) -> list[int]:
+    numbers = sorted({atomic_numbers[e] if isinstance(e, str) else int(e) for e in elements})
+    if not numbers:
+        raise ValueError("the element list is empty")
+    return numbers
+
+
+class Potential(nn.Module):
+    def __init__(self, backbone: nn.Module, fidelity_state: FidelityState, elements: Sequence[int | str]):
+        super().__init__()
+        self.backbone = backbone
+        self.fidelity_state = fidelity_state
+        self.elements = _atomic_numbers(elements)
+
+    @property
+    def fidelities(self) -> list[str]:
+        return self.fidelity_state.fidelities
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def graph(self, structure, fidelity: str | None = None, check: bool = True) -> AtomicGraph:
+        """Graph of one structure (LabelledStructure or ASE Atoms) at a named fidelity."""
+        if not isinstance(structure, LabelledStructure):
+            structure = from_atoms(structure, fidelity)
+        name = fidelity or structure.fidelity
+        graph = build_graph(structure, self.elements, self.fidelity_state.index(name), self.backbone.cutoff, check)
+        if hasattr(self.backbone, "augment_graph"):
+            self.backbone.augment_graph(graph)
+        return graph
+
+    def fit_references(self, structures: Sequence[LabelledStructure]) -> None:
+        """Fit per-fidelity elemental energies and the energy scale on training structures."""
+        table = fit_elemental_energies(structures, self.elements, self.fidelities)
+        self.fidelity_state.set_references(table, force_scale(structures))
+
+    def forward(self, batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
+        """Energies (B,), and forces (N, 3) / stress (B, 3, 3) in eV, eV/A, eV/A^3."""
+        if isinstance(batch, AtomicGraph) and not isinstance(batch, Batch):
+            batch = Batch.from_data_list([batch])
+        batch = batch.to(self.device)
+        dtype = self.dtype
+        pos = batch.pos.to(dtype)
+        cell = batch.cell.to(dtype)
+        n_graphs = batch.num_graphs
+        strain = torch.zeros(n_graphs, 3, 3, dtype=dtype, device=pos.device)
+        if forces:
+            pos.requires_grad_(True)
+        if stress:
+            strain.requires_grad_(True)
+            deformation = torch.eye(3, dtype=dtype, device=pos.device) + strain
+            pos = torch.einsum("ni,nij->nj", pos, deformation[batch.batch])
+            cell = torch.bmm(cell, deformation)
+
+        centre, neighbour = batch.edge_index
+        edge_graph = batch.batch[centre]
+        shift_vectors = torch.einsum("ei,eij->ej", batch.edge_shift.to(dtype), cell[edge_graph])
+        edge_vectors = pos[neighbour] + shift_vectors - pos[centre]
+
+        state = self.fidelity_state(batch.fidelity)
+        atomic = self.backbone(batch, edge_vectors, state)
+        reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
+        atomic = self.fidelity_state.scale * atomic.to(torch.float64) + reference
+        energy = torch.zeros(n_graphs, dtype=torch.float64, device=pos.device).index_add(0, batch.batch, atomic)
+
+        out = {"energy": energy, "atomic_energies": atomic}
+        inputs = [t for t, wanted in ((pos, forces), (strain, stress)) if wanted]
+        if inputs:
+            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, retain_graph=training)
+            if forces:
+                out["forces"] = -grads[0]
+            if stress:
+                volume = torch.linalg.det(batch.cell.to(dtype)).abs()
+                out["stress"] = grads[-1] / volume[:, None, None]
+        return out
+
+    def predict(self, structures, fidelity: str, batch_size: int = 16, stress: bool = False) -> list[dict]:
+        """Energies, forces (and stress) of structures at the named fidelity, as numpy."""
+        self.fidelity_state.index(fidelity)
+        results = []
+        for start in range(0, len(structures), batch_size):
+            graphs = [self.graph(s, fidelity) for s in structures[start : start + batch_size]]
+            batch = Batch.from_data_list(graphs)
+            out = self(batch, forces=True, stress=stress)
+            counts = batch.natoms.tolist()
+            forces = torch.split(out["forces"].detach(), counts)
+            for k in range(len(graphs)):
+                item = {"energy": float(out["energy"][k].detach()), "forces": forces[k].cpu().numpy().astype(np.float64)}
+                if stress:
+                    item["stress"] = out["stress"][k].detach().cpu().numpy().astype(np.float64)
+                results.append(item)
+        return results
+
+    def describe(self) -> str:
+        symbols = [chemical_symbols[z] for z in self.elements]
+        n = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return f"{type(self.backbone).__name__} potential: elements {symbols}, fidelities {self.fidelities}, {n:,} parameters"
+
+
+def wrap(backbone: nn.Module, fidelities: Sequence[str], elements: Sequence[int | str]) -> Potential:
+    """Make a potential that predicts at any of the named fidelities from one backbone.
+
+    The fidelity vector enters through the backbone's global state (`state_dim`). A backbone
+    without a state input can only be wrapped for a single fidelity; asking for more is an
+    error rather than a model that silently ignores the fidelity.
+    """
+    fidelities = list(fidelities)
+    state_dim = int(getattr(backbone, "state_dim", 0) or 0)
+    if len(fidelities) > 1 and state_dim == 0:
+        raise ValueError(
+            f"{type(backbone).__name__} has no global state input (state_dim=0), so {len(fidelities)} fidelities "
+            "would have nowhere to enter; build it with state_dim > 0"
+        )
+    numbers = _atomic_numbers(elements)
+    n_elements = getattr(backbone, "config", {}).get("n_elements", len(numbers))
+    if n_elements != len(numbers):
+        raise ValueError(f"backbone was built for {n_elements} elements but {len(numbers)} were given: {elements}")
+    return Potential(backbone, FidelityState(fidelities, len(numbers), state_dim), numbers)

@@ -1,0 +1,210 @@
+"""Training a potential on structures of several fidelities (Ko & Ong eq. 1).
+
+Loss = MSE(E/N) + w_f * MSE(F components) [+ w_s * MSE(stress)], each term over the
+structures that have that label (NaN energy, missing forces or stress are masked, never
+treated as zero). Adam with cosine decay to `final_lr_fraction` of the learning rate over
+`max_epochs`, early stopping on validation loss, per-fidelity validation metrics.
+
+With an output directory, `checkpoint.pt` (everything needed to resume) and
+`best_model.safetensors` are written atomically after every epoch; calling train() again
+on the same directory resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+from .data import LabelledStructure, fidelities_of
+from .potential import Potential
+from .serialization import atomic_write, save_potential
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 100
+    learning_rate: float = 1e-3
+    final_lr_fraction: float = 0.01
+    batch_size: int = 16
+    force_weight: float = 1.0
+    stress_weight: float = 0.0
+    patience: int = 200
+    seed: int = 0
+    progress: bool = True
+    monitor: str | None = None  # fidelity whose validation loss drives early stopping; None: all
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _check_data(potential: Potential, train, val, config: TrainConfig) -> None:
+    if not train:
+        raise ValueError("the training set is empty")
+    if not val:
+        raise ValueError("the validation set is empty")
+    for name in fidelities_of([*train, *val]):
+        potential.fidelity_state.index(name)
+    if config.monitor is not None and config.monitor not in fidelities_of(val):
+        raise ValueError(f"monitored fidelity {config.monitor!r} has no validation structures")
+
+
+def _loss_terms(potential: Potential, batch, config: TrainConfig, training: bool) -> dict:
+    """Masked squared-error sums and counts for energy/atom, force components and stress."""
+    out = potential(batch, forces=True, stress=config.stress_weight > 0, training=training)
+    dtype = out["energy"].dtype
+    natoms = batch.natoms.to(dtype)
+    e_true = batch.energy.to(dtype)
+    e_mask = torch.isfinite(e_true)
+    e_diff = torch.where(e_mask, (out["energy"] - e_true) / natoms, torch.zeros_like(e_true))
+    f_true = batch.forces.to(dtype)
+    f_mask = torch.isfinite(f_true)
+    f_diff = torch.where(f_mask, out["forces"] - f_true, torch.zeros_like(f_true))
+    terms = {
+        "e_se": (e_diff**2).sum(), "e_ae": e_diff.abs().sum(), "e_n": e_mask.sum(),
+        "f_se": (f_diff**2).sum(), "f_ae": f_diff.abs().sum(), "f_n": f_mask.sum(),
+    }  # fmt: skip
+    if config.stress_weight > 0:
+        s_true = batch.stress.to(dtype)
+        s_mask = torch.isfinite(s_true)
+        s_diff = torch.where(s_mask, out["stress"] - s_true, torch.zeros_like(s_true))
+        terms.update(s_se=(s_diff**2).sum(), s_n=s_mask.sum())
+    return terms
+
+
+def _loss(terms: dict, config: TrainConfig) -> torch.Tensor:
+    loss = terms["e_se"] / terms["e_n"].clamp(min=1) + config.force_weight * terms["f_se"] / terms["f_n"].clamp(min=1)
+    if "s_se" in terms:
+        loss = loss + config.stress_weight * terms["s_se"] / terms["s_n"].clamp(min=1)
+    return loss
+
+
+def validation_metrics(potential: Potential, graphs_by_fidelity: dict, config: TrainConfig) -> dict:
+    """MAEs per fidelity, and the loss over the monitored fidelity's graphs (all if None)."""
+    totals: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    for name, graphs in graphs_by_fidelity.items():
+        sums: dict[str, float] = {}
+        for batch in DataLoader(graphs, batch_size=config.batch_size):
+            for key, value in _loss_terms(potential, batch, config, training=False).items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        if config.monitor in (None, name):
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
+        metrics[f"{name}/energy_mae_per_atom"] = sums["e_ae"] / sums["e_n"] if sums["e_n"] else float("nan")
+        metrics[f"{name}/force_mae"] = sums["f_ae"] / sums["f_n"] if sums["f_n"] else float("nan")
+    metrics["loss"] = float(_loss({k: torch.tensor(v) for k, v in totals.items()}, config))
+    return metrics
+
+
+def _graphs(potential: Potential, structures: Sequence[LabelledStructure]) -> list:
+    return [potential.graph(s) for s in structures]
+
+
+def train(
+    potential: Potential,
+    train_structures: Sequence[LabelledStructure],
+    val_structures: Sequence[LabelledStructure],
+    config: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+) -> TrainResult:
+    """Train in place; the potential ends with the weights of the best validation epoch."""
+    config = config or TrainConfig()
+    _check_data(potential, train_structures, val_structures, config)
+    torch.manual_seed(config.seed)
+    checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+
+    optimizer = torch.optim.Adam(potential.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.max_epochs, eta_min=config.learning_rate * config.final_lr_fraction
+    )
+    start_epoch, best_loss, best_epoch, history = 0, math.inf, -1, []
+    best_state = None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        potential.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        best_state = state["best_model"]
+        start_epoch, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
+        history = json.loads(state["history"])
+        torch.set_rng_state(state["rng"])
+    else:
+        potential.fit_references(train_structures)
+
+    train_graphs = _graphs(potential, train_structures)
+    val_graphs: dict[str, list] = {}
+    for s in val_structures:
+        val_graphs.setdefault(s.fidelity, []).append(potential.graph(s))
+    generator = torch.Generator().manual_seed(config.seed)
+
+    epochs = range(start_epoch, config.max_epochs)
+    bar = tqdm(epochs, desc="training", disable=not config.progress, file=sys.stderr, initial=start_epoch, total=config.max_epochs)
+    for epoch in bar:
+        if epoch - best_epoch > config.patience and best_epoch >= 0:
+            break
+        generator.manual_seed(config.seed * 100003 + epoch)  # same batches after a resume
+        potential.train()
+        train_loss, n_batches = 0.0, 0
+        for batch in DataLoader(train_graphs, batch_size=config.batch_size, shuffle=True, generator=generator):
+            optimizer.zero_grad()
+            loss = _loss(_loss_terms(potential, batch, config, training=True), config)
+            loss.backward()
+            optimizer.step()
+            train_loss += float(loss.detach())
+            n_batches += 1
+        scheduler.step()
+        potential.eval()
+        metrics = validation_metrics(potential, val_graphs, config)
+        metrics.update(epoch=epoch, train_loss=train_loss / n_batches, lr=scheduler.get_last_lr()[0])
+        history.append(metrics)
+        if metrics["loss"] < best_loss:
+            best_loss, best_epoch = metrics["loss"], epoch
+            best_state = copy.deepcopy(potential.state_dict())
+            if out_dir is not None:
+                save_potential(potential, Path(out_dir) / "best_model.safetensors", extra={"epoch": epoch})
+        bar.set_postfix(train=f"{metrics['train_loss']:.4g}", val=f"{metrics['loss']:.4g}", best=best_epoch)
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {
+                "model": potential.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "best_model": best_state, "epoch": epoch,
+                "best_val_loss": best_loss, "best_epoch": best_epoch, "history": json.dumps(history),
+                "rng": torch.get_rng_state(), "config": json.dumps(asdict(config)),
+            })  # fmt: skip
+    bar.close()
+    if best_state is not None:
+        potential.load_state_dict(best_state)
+    return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a training checkpoint with weights_only=True (no code is unpickled)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path}: training checkpoint is corrupt or unreadable ({type(error).__name__}: {error})") from None
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Shuffle range(n) with a seed and cut it into consecutive parts of the given fractions
+    (the last part takes the remainder)."""
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum([int(round(f * n)) for f in fractions[:-1]])
+    return np.split(order, cuts)
