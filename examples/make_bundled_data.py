@@ -5,7 +5,7 @@ labelled with PBE/def2-SVP and a random subset also with SCAN/def2-SVP (PySCF, d
 fitting). Labels are appended to a partial file as they come, so a killed run resumes.
 
     pip install -e '.[pyscf]'
-    python examples/make_bundled_data.py            # about 45 min on 2 cores
+    python examples/make_bundled_data.py            # about 45 min on 2 idle cores
 """
 
 import argparse
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from ase.io import read
+from ase.io import read, write
 
 from fidelity_adapters.pyscf_labeller import label_into
 from fidelity_adapters.water_clusters import sample_water_clusters
@@ -25,26 +25,30 @@ OUT = Path(__file__).resolve().parents[1] / "fidelity_adapters" / "data_files" /
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-structures", type=int, default=300)
-    parser.add_argument("--n-scan", type=int, default=120)
+    parser.add_argument("--n-scan", type=int, default=90)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    structures = sample_water_clusters(args.n_structures, seed=args.seed)
-    scan_ids = np.sort(np.random.default_rng(args.seed).choice(len(structures), args.n_scan, replace=False))
     partial = args.out.with_suffix("").with_suffix(".partial.extxyz")
+    geometries = partial.with_suffix(".geometries.extxyz")  # sampled once, reused on resume
+    if geometries.exists():
+        structures = read(geometries, ":")
+    else:
+        structures = sample_water_clusters(args.n_structures, seed=args.seed)
+        write(geometries, structures)
+    scan_ids = np.sort(np.random.default_rng(args.seed).choice(len(structures), args.n_scan, replace=False))
     label_into(structures, "PBE", partial)
     label_into([structures[i] for i in scan_ids], "SCAN", partial)
 
     frames = read(partial, ":")
     frames.sort(key=lambda a: (a.info["fidelity"] != "PBE", a.info["struct_id"]))
     tmp = args.out.with_suffix(".tmp")
-    from ase.io import write
-
     with gzip.open(tmp, "wt") as handle:
         write(handle, frames, format="extxyz")
     shutil.move(tmp, args.out)
     partial.unlink()
+    geometries.unlink()
     print(f"wrote {len(frames)} frames to {args.out}")
 
 

@@ -8,10 +8,13 @@ messages use to point at the structure at fault.
 
 from __future__ import annotations
 
+import gzip
+import io
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -103,14 +106,40 @@ def from_pymatgen(
     return result
 
 
-def read_structures(path: str | os.PathLike, fidelity: str | None = None, index: str = ":") -> list[LabelledStructure]:
-    """Read an extxyz file (plain or .gz); fidelity from the argument or each frame's info."""
+def _frames(path: Path, every: int, limit: int | None) -> Iterator[tuple[int, Atoms]]:
+    """Stream extxyz frames one at a time (ASE's reader indexes the whole file first, which
+    takes minutes on the large public water sets); parse only every `every`-th frame."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    taken = 0
+    with opener(path, "rt") as handle:
+        for index in itertools.count():
+            header = handle.readline()
+            if not header.strip():
+                return
+            try:
+                n_atoms = int(header)
+            except ValueError:
+                raise ValueError(f"{path.name}:{index}: expected an atom count, found {header.strip()[:40]!r}") from None
+            lines = [header, *(handle.readline() for _ in range(n_atoms + 1))]
+            if index % every:
+                continue
+            yield index, read(io.StringIO("".join(lines)), format="extxyz")
+            taken += 1
+            if limit is not None and taken >= limit:
+                return
+
+
+def read_structures(
+    path: str | os.PathLike, fidelity: str | None = None, every: int = 1, limit: int | None = None
+) -> list[LabelledStructure]:
+    """Read an extxyz file (plain or .gz); fidelity from the argument or each frame's info.
+
+    `every` keeps every n-th frame and `limit` stops after that many, to subsample the
+    large public sets without reading them whole."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
-    frames = read(path, index=index)
-    frames = frames if isinstance(frames, list) else [frames]
-    return [from_atoms(a, fidelity=fidelity, label=f"{path.name}:{k}") for k, a in enumerate(frames)]
+    return [from_atoms(a, fidelity=fidelity, label=f"{path.name}:{k}") for k, a in _frames(path, every, limit)]
 
 
 def load_structures(source, fidelity: str | None = None) -> list[LabelledStructure]:

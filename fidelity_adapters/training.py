@@ -135,6 +135,7 @@ def train(
     best_state = None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
+        _check_same_config(checkpoint_path, json.loads(state["config"]), config)
         potential.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -188,6 +189,15 @@ def train(
     if best_state is not None:
         potential.load_state_dict(best_state)
     return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history)
+
+
+def _check_same_config(path: Path, saved: dict, config: TrainConfig) -> None:
+    """A resumed run must continue the same schedule; anything else needs a new directory."""
+    current = asdict(config)
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k != "progress" and saved.get(k) != v]
+    if changed:
+        raise ValueError(f"{path} was written with other settings ({'; '.join(changed)}); "
+                         "resume with the same settings or train into a new directory")  # fmt: skip
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -1,0 +1,153 @@
+"""Training: the loss falls, masks missing labels, options take effect, runs resume, and
+checkpoints are atomic and checked on load."""
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from torch_geometric.data import Batch
+
+from conftest import small_potential
+from fidelity_adapters import from_atoms, train, training
+from fidelity_adapters.training import TrainConfig, _loss, _loss_terms, load_checkpoint
+
+
+def emt_structures(n=24, seed=0):
+    """Cu cells labelled by EMT ('lo') and by EMT with a shifted reference and scaled forces ('hi')."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.normal(), cubic=True)
+        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        fidelity = "lo" if k % 3 else "hi"
+        if fidelity == "hi":
+            energy, forces = 1.1 * energy + 2.0 * len(atoms), 1.1 * forces
+        atoms.calc = None
+        atoms.info.update(fidelity=fidelity, energy=energy)
+        atoms.arrays["forces"] = forces
+        out.append(from_atoms(atoms, label=f"emt {k}"))
+    return out
+
+
+def cu_potential(seed=0, dtype=torch.float64):
+    """Short cutoffs keep the fcc neighbour shells (12 within 3 A) and these tests fast."""
+    return small_potential(["Cu"], ["lo", "hi"], dtype=dtype, seed=seed, cutoff=3.0, three_body_cutoff=2.8)
+
+
+def quick(**options):
+    return TrainConfig(**{"max_epochs": 6, "batch_size": 4, "progress": False, **options})
+
+
+def test_loss_falls():
+    data = emt_structures()
+    potential = cu_potential(dtype=torch.float32)
+    result = train(potential, data[:18], data[18:], quick(learning_rate=3e-3))
+    losses = [h["loss"] for h in result.history]
+    assert min(losses[1:]) < losses[0]
+    assert {"lo/force_mae", "hi/force_mae", "hi/energy_mae_per_atom"} <= set(result.history[-1])
+
+
+def test_missing_labels_are_masked():
+    data = emt_structures(6)
+    data[0].energy = float("nan")  # forces only
+    data[1].forces = None  # energy only
+    potential = cu_potential()
+    potential.fit_references(data)
+    batch = Batch.from_data_list([potential.graph(s) for s in data])
+    terms = _loss_terms(potential, batch, quick(), training=False)
+    assert int(terms["e_n"]) == 5
+    assert int(terms["f_n"]) == 3 * (sum(len(s) for s in data) - len(data[1]))
+    assert torch.isfinite(_loss(terms, quick()))
+
+
+def test_force_and_stress_weights_take_effect():
+    data = emt_structures(4)
+    for s in data:
+        s.stress = np.eye(3) * 0.01
+    potential = cu_potential()
+    batch = Batch.from_data_list([potential.graph(s) for s in data])
+    plain = float(_loss(_loss_terms(potential, batch, quick(), False), quick()))
+    no_forces = float(_loss(_loss_terms(potential, batch, quick(force_weight=0.0), False), quick(force_weight=0.0)))
+    with_stress = quick(stress_weight=10.0)
+    stressed = float(_loss(_loss_terms(potential, batch, with_stress, False), with_stress))
+    assert no_forces < plain < stressed
+
+
+def test_monitor_picks_validation_fidelity():
+    data = emt_structures()
+    potential = cu_potential()
+    with pytest.raises(ValueError, match="monitored fidelity 'hi' has no validation"):
+        train(potential, data, [s for s in data if s.fidelity == "lo"], quick(monitor="hi"))
+    only_hi = train(potential, data[:18], data[18:], quick(max_epochs=1, monitor="hi"))
+    all_fid = train(cu_potential(), data[:18], data[18:], quick(max_epochs=1))
+    assert only_hi.history[0]["loss"] != pytest.approx(all_fid.history[0]["loss"])
+
+
+def test_early_stopping_patience():
+    data = emt_structures()
+    result = train(cu_potential(), data[:18], data[18:], quick(max_epochs=30, patience=0, learning_rate=0.5))
+    assert len(result.history) < 30
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    data = emt_structures()
+    straight = cu_potential(seed=1)
+    train(straight, data[:18], data[18:], quick(max_epochs=4), out_dir=tmp_path / "straight")
+
+    real_save, saved = training.save_checkpoint, []
+
+    def killed_after_two_epochs(path, state):
+        real_save(path, state)
+        saved.append(state["epoch"])
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train(cu_potential(seed=1), data[:18], data[18:], quick(max_epochs=4), out_dir=tmp_path / "split")
+    monkeypatch.undo()
+    fresh = cu_potential(seed=99)  # a new process: different init, must not matter
+    result = train(fresh, data[:18], data[18:], quick(max_epochs=4), out_dir=tmp_path / "split")
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    for a, b in zip(straight.state_dict().values(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert (tmp_path / "split" / "best_model.safetensors").exists()
+    with pytest.raises(ValueError, match="max_epochs: 4 -> 8"):
+        train(fresh, data[:18], data[18:], quick(max_epochs=8), out_dir=tmp_path / "split")
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    data = emt_structures(8)
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="checkpoint.pt: training checkpoint is corrupt"):
+        train(cu_potential(), data, data, quick(max_epochs=1), out_dir=tmp_path)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    data = emt_structures(8)
+    real_save = training.save_checkpoint
+
+    def killed_after_first_epoch(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cu_potential(), data, data, quick(max_epochs=3), out_dir=tmp_path)
+    monkeypatch.undo()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def crash_mid_write(obj, path):
+        with open(path, "wb") as handle:
+            handle.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        train(cu_potential(), data, data, quick(max_epochs=3), out_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 0
+    assert not list(tmp_path.glob(".*.tmp"))
