@@ -2,10 +2,12 @@
 
 Geometries come from short rigid-TIP3P MD of (H2O)2-4 clusters; every structure is
 labelled with PBE/def2-SVP and a random subset also with SCAN/def2-SVP (PySCF, density
-fitting). Labels are appended to a partial file as they come, so a killed run resumes.
+fitting). Labels are appended to a partial file as they come, so a killed run resumes;
+run again with a larger --n-scan to add SCAN labels to a finished set.
 
     pip install -e '.[pyscf]'
-    python examples/make_bundled_data.py            # about 45 min on 2 idle cores
+    python examples/make_bundled_data.py               # about 45 min on 2 idle cores
+    python examples/make_bundled_data.py --n-scan 300  # SCAN on every geometry: 70 min more
 """
 
 import argparse
@@ -22,6 +24,21 @@ from fidelity_adapters.water_clusters import sample_water_clusters
 OUT = Path(__file__).resolve().parents[1] / "fidelity_adapters" / "data_files" / "water_clusters_pbe_scan.extxyz.gz"
 
 
+def start_from_finished(out: Path, partial: Path, geometries: Path) -> None:
+    """Seed the partial files from a finished data set, so that only new labels are computed."""
+    with gzip.open(out, "rt") as handle:
+        frames = read(handle, ":", format="extxyz")
+    write(partial, frames, format="extxyz")
+    pbe = sorted((a for a in frames if a.info["fidelity"] == "PBE"), key=lambda a: a.info["struct_id"])
+    bare = []
+    for atoms in pbe:
+        geometry = atoms.copy()
+        geometry.calc = None
+        geometry.info = {"struct_id": atoms.info["struct_id"]}
+        bare.append(geometry)
+    write(geometries, bare, format="extxyz")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-structures", type=int, default=300)
@@ -32,6 +49,8 @@ def main() -> None:
 
     partial = args.out.with_suffix("").with_suffix(".partial.extxyz")
     geometries = partial.with_suffix(".geometries.extxyz")  # sampled once, reused on resume
+    if args.out.exists() and not partial.exists():
+        start_from_finished(args.out, partial, geometries)
     if geometries.exists():
         structures = read(geometries, ":")
     else:

@@ -1,4 +1,4 @@
-"""Command line: `fidelity-adapters demo | train | evaluate | info`."""
+"""Command line: `fidelity-adapters demo | train | evaluate | compare | info`."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ def _demo(args) -> None:
 
 
 def _train(args) -> None:
-    from .data import fidelities_of, load_structures
+    from .data import fidelities_of, read_structures
     from .recipes import m3gnet_potential
     from .serialization import save_potential
     from .training import TrainConfig, split_indices, train
 
     structures = []
     for path in args.data:
-        structures.extend(load_structures(path, fidelity=args.data_fidelity))
+        structures.extend(read_structures(path, fidelity=args.data_fidelity, every=args.every, limit=args.limit))
     if not structures:
         raise ValueError("no structures in the given data files")
     found = fidelities_of(structures)
@@ -72,6 +72,22 @@ def _evaluate(args) -> None:
         print(f"force MAE  {result['force_mae']:.5f} eV/A")
 
 
+def _compare(args) -> None:
+    from .compare import QUICK, CompareSettings, compare, settings_with
+
+    settings = CompareSettings.from_yaml(args.config) if args.config else CompareSettings()
+    if args.quick:
+        settings = settings_with(settings, QUICK)
+    flags = {
+        "data": args.data or None, "lofi": args.lofi, "hifi": args.hifi, "strategies": args.strategies,
+        "fractions": args.fractions, "seeds": args.seeds, "sampling": args.sampling, "every": args.every,
+        "limit": args.limit, "epochs": args.epochs, "batch_size": args.batch_size, "freeze": args.freeze,
+    }  # fmt: skip
+    settings = settings_with(settings, flags)
+    report = compare(settings, args.out, command=" ".join(["fidelity-adapters", *sys.argv[1:]]))
+    print(f"report: {report}")
+
+
 def _info(args) -> None:
     from .serialization import read_metadata
 
@@ -84,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="mfi vs 1fi M3GNet on the bundled PBE/SCAN water clusters")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=60)
+    demo.add_argument("--epochs", type=int, default=100)
     demo.add_argument("--hifi-fraction", type=float, default=0.1)
     demo.add_argument("--batch-size", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
@@ -96,6 +112,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--fidelities", nargs="+", help="fidelity names in model order (default: as found in the data)")
     tr.add_argument("--target", help="fidelity whose validation loss picks the best epoch")
     tr.add_argument("--data-fidelity", help="fidelity of every structure, for files without info['fidelity']")
+    tr.add_argument("--every", type=int, default=1, help="keep every n-th frame of each file")
+    tr.add_argument("--limit", type=int, help="at most this many frames from each file")
     tr.add_argument("--epochs", type=int, default=100)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--batch-size", type=int, default=16)
@@ -112,6 +130,24 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--fidelity", required=True)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=_evaluate)
+
+    cmp = sub.add_parser("compare", help="mfi vs single / transfer / delta / multihead over hifi fractions and seeds")
+    cmp.add_argument("data", nargs="*", help="extxyz files (default: the bundled PBE/SCAN water clusters)")
+    cmp.add_argument("--config", help="YAML file of settings (keys as in fidelity_adapters.compare.CompareSettings)")
+    cmp.add_argument("--out", default="runs/compare", help="sweep directory; a half-finished sweep there resumes")
+    cmp.add_argument("--lofi", nargs="+", help="low fidelity name(s)")
+    cmp.add_argument("--hifi", help="target fidelity name")
+    cmp.add_argument("--strategies", nargs="+", help="any of mfi single transfer delta multihead")
+    cmp.add_argument("--fractions", nargs="+", type=float, help="high-fidelity training fractions, e.g. 0.05 0.1 0.2")
+    cmp.add_argument("--seeds", nargs="+", type=int)
+    cmp.add_argument("--sampling", nargs="+", help="any of random direct narrow")
+    cmp.add_argument("--freeze", nargs="+", help="transfer learning: parameter-name prefixes to freeze")
+    cmp.add_argument("--every", type=int, help="keep every n-th frame of each file")
+    cmp.add_argument("--limit", type=int, help="at most this many frames per file")
+    cmp.add_argument("--epochs", type=int)
+    cmp.add_argument("--batch-size", type=int)
+    cmp.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, one seed: a smoke run")
+    cmp.set_defaults(func=_compare)
 
     info = sub.add_parser("info", help="print a saved model's metadata")
     info.add_argument("model")

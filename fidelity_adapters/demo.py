@@ -15,7 +15,7 @@ from .splits import paper_split
 from .training import TrainConfig, train
 
 
-def run_demo(out_dir: str | Path, epochs: int = 60, hifi_fraction: float = 0.1, batch_size: int = 8, seed: int = 0) -> dict:
+def run_demo(out_dir: str | Path, epochs: int = 100, hifi_fraction: float = 0.1, batch_size: int = 8, seed: int = 0) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     structures = water_clusters()

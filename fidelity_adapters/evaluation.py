@@ -1,4 +1,4 @@
-"""Errors of a potential against labelled structures of one fidelity."""
+"""Errors of predictions against labelled structures of one fidelity."""
 
 from __future__ import annotations
 
@@ -9,6 +9,33 @@ import numpy as np
 from .data import LabelledStructure, select
 
 
+def parity_arrays(structures: Sequence[LabelledStructure], predictions: Sequence[dict]) -> dict[str, np.ndarray]:
+    """True and predicted energies per atom and force components, over the labels that exist."""
+    e_true, e_pred, f_true, f_pred = [], [], [], []
+    for s, p in zip(structures, predictions, strict=True):
+        if s.has_energy:
+            e_true.append(s.energy / len(s))
+            e_pred.append(p["energy"] / len(s))
+        if s.forces is not None:
+            mask = np.isfinite(s.forces)
+            f_true.append(s.forces[mask])
+            f_pred.append(np.asarray(p["forces"])[mask])
+    join = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
+    return {
+        "energy_true_per_atom": np.array(e_true), "energy_pred_per_atom": np.array(e_pred),
+        "force_true": join(f_true), "force_pred": join(f_pred),
+    }  # fmt: skip
+
+
+def mean_absolute_errors(parity: dict[str, np.ndarray], n_structures: int) -> dict:
+    mae = lambda a, b: float(np.mean(np.abs(a - b))) if len(a) else float("nan")  # noqa: E731
+    return {
+        "energy_mae_per_atom": mae(parity["energy_true_per_atom"], parity["energy_pred_per_atom"]),
+        "force_mae": mae(parity["force_true"], parity["force_pred"]),
+        "n_structures": n_structures,
+    }
+
+
 def errors(potential, structures: Sequence[LabelledStructure], fidelity: str, batch_size: int = 16) -> dict:
     """Energy MAE per atom (eV/atom) and force MAE (eV/A, over components) at `fidelity`,
     counting only the labels each structure has."""
@@ -17,15 +44,4 @@ def errors(potential, structures: Sequence[LabelledStructure], fidelity: str, ba
     if not chosen:
         raise ValueError(f"no structures of fidelity {fidelity!r} in the data (found {sorted({s.fidelity for s in structures})})")
     predictions = potential.predict(chosen, fidelity, batch_size=batch_size)
-    e_err, f_err = [], []
-    for s, p in zip(chosen, predictions):
-        if s.has_energy:
-            e_err.append(abs(p["energy"] - s.energy) / len(s))
-        if s.forces is not None:
-            mask = np.isfinite(s.forces)
-            f_err.append(np.abs(p["forces"] - s.forces)[mask])
-    return {
-        "energy_mae_per_atom": float(np.mean(e_err)) if e_err else float("nan"),
-        "force_mae": float(np.mean(np.concatenate(f_err))) if f_err else float("nan"),
-        "n_structures": len(chosen),
-    }
+    return mean_absolute_errors(parity_arrays(chosen, predictions), len(chosen))

@@ -57,16 +57,21 @@ class Potential(nn.Module):
             self.backbone.augment_graph(graph)
         return graph
 
-    def fit_references(self, structures: Sequence[LabelledStructure]) -> None:
-        """Fit per-fidelity elemental energies and the energy scale on training structures."""
+    def fit_references(self, structures: Sequence[LabelledStructure], refit_scale: bool = True) -> None:
+        """Fit per-fidelity elemental energies and (unless told not to: a fine-tuned network
+        keeps the scale it was trained with) the energy scale on training structures."""
         table = fit_elemental_energies(structures, self.elements, self.fidelities)
-        self.fidelity_state.set_references(table, force_scale(structures))
+        scale = force_scale(structures) if refit_scale else float(self.fidelity_state.scale)
+        self.fidelity_state.set_references(table, scale)
+
+    def _as_batch(self, batch) -> Batch:
+        if isinstance(batch, AtomicGraph) and not isinstance(batch, Batch):
+            batch = Batch.from_data_list([batch])
+        return batch.to(self.device)
 
     def forward(self, batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
         """Energies (B,), and forces (N, 3) / stress (B, 3, 3) in eV, eV/A, eV/A^3."""
-        if isinstance(batch, AtomicGraph) and not isinstance(batch, Batch):
-            batch = Batch.from_data_list([batch])
-        batch = batch.to(self.device)
+        batch = self._as_batch(batch)
         dtype = self.dtype
         pos = batch.pos.to(dtype)
         cell = batch.cell.to(dtype)
@@ -80,13 +85,8 @@ class Potential(nn.Module):
             pos = torch.einsum("ni,nij->nj", pos, deformation[batch.batch])
             cell = torch.bmm(cell, deformation)
 
-        centre, neighbour = batch.edge_index
-        edge_graph = batch.batch[centre]
-        shift_vectors = torch.einsum("ei,eij->ej", batch.edge_shift.to(dtype), cell[edge_graph])
-        edge_vectors = pos[neighbour] + shift_vectors - pos[centre]
-
         state = self.fidelity_state(batch.fidelity)
-        atomic = self.backbone(batch, edge_vectors, state)
+        atomic = self.backbone(batch, _edge_vectors(batch, pos, cell), state)
         reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
         atomic = self.fidelity_state.scale * atomic.to(torch.float64) + reference
         energy = torch.zeros(n_graphs, dtype=torch.float64, device=pos.device).index_add(0, batch.batch, atomic)
@@ -119,25 +119,51 @@ class Potential(nn.Module):
                 results.append(item)
         return results
 
+    @torch.no_grad()
+    def structure_features(self, structures, fidelity: str, batch_size: int = 16) -> np.ndarray:
+        """One vector per structure: mean and standard deviation over atoms of the backbone's
+        last atom features. Describes structures for DIRECT sampling."""
+        if not hasattr(self.backbone, "node_features"):
+            raise ValueError(f"{type(self.backbone).__name__} offers no node_features() to describe structures with")
+        rows = []
+        for start in range(0, len(structures), batch_size):
+            batch = self._as_batch(Batch.from_data_list([self.graph(s, fidelity) for s in structures[start : start + batch_size]]))
+            pos, cell = batch.pos.to(self.dtype), batch.cell.to(self.dtype)
+            nodes = self.backbone.node_features(batch, _edge_vectors(batch, pos, cell), self.fidelity_state(batch.fidelity))
+            for atoms in torch.split(nodes, batch.natoms.tolist()):
+                rows.append(torch.cat([atoms.mean(0), atoms.std(0, unbiased=False)]).double().cpu().numpy())
+        return np.stack(rows)
+
     def describe(self) -> str:
         symbols = [chemical_symbols[z] for z in self.elements]
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return f"{type(self.backbone).__name__} potential: elements {symbols}, fidelities {self.fidelities}, {n:,} parameters"
 
 
+def _edge_vectors(batch, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Vector from each edge's centre atom to its neighbour's periodic image."""
+    centre, neighbour = batch.edge_index
+    shift_vectors = torch.einsum("ei,eij->ej", batch.edge_shift.to(pos.dtype), cell[batch.batch[centre]])
+    return pos[neighbour] + shift_vectors - pos[centre]
+
+
 def wrap(backbone: nn.Module, fidelities: Sequence[str], elements: Sequence[int | str]) -> Potential:
     """Make a potential that predicts at any of the named fidelities from one backbone.
 
-    The fidelity vector enters through the backbone's global state (`state_dim`). A backbone
-    without a state input can only be wrapped for a single fidelity; asking for more is an
-    error rather than a model that silently ignores the fidelity.
+    The fidelity vector enters through the backbone's global state (`state_dim`), or the
+    fidelity picks one of the backbone's readout heads (`n_heads` = number of fidelities, the
+    multi-head baseline). A backbone with neither can only be wrapped for a single fidelity;
+    asking for more is an error rather than a model that silently ignores the fidelity.
     """
     fidelities = list(fidelities)
     state_dim = int(getattr(backbone, "state_dim", 0) or 0)
-    if len(fidelities) > 1 and state_dim == 0:
+    n_heads = int(getattr(backbone, "n_heads", 1) or 1)
+    if n_heads > 1 and n_heads != len(fidelities):
+        raise ValueError(f"{type(backbone).__name__} has {n_heads} readout heads but {len(fidelities)} fidelities were given")
+    if len(fidelities) > 1 and state_dim == 0 and n_heads == 1:
         raise ValueError(
-            f"{type(backbone).__name__} has no global state input (state_dim=0), so {len(fidelities)} fidelities "
-            "would have nowhere to enter; build it with state_dim > 0"
+            f"{type(backbone).__name__} has no global state input (state_dim=0) and one readout head, so "
+            f"{len(fidelities)} fidelities would have nowhere to enter; build it with state_dim > 0"
         )
     numbers = _atomic_numbers(elements)
     n_elements = getattr(backbone, "config", {}).get("n_elements", len(numbers))

@@ -120,14 +120,22 @@ def train(
     val_structures: Sequence[LabelledStructure],
     config: TrainConfig | None = None,
     out_dir: str | Path | None = None,
+    fit_references: bool = True,
 ) -> TrainResult:
-    """Train in place; the potential ends with the weights of the best validation epoch."""
+    """Train in place; the potential ends with the weights of the best validation epoch.
+
+    Parameters with requires_grad=False stay as they are (transfer learning freezes layers
+    that way). `fit_references=False` keeps the reference energies and scale the potential
+    already has, for a caller that fitted them itself."""
     config = config or TrainConfig()
     _check_data(potential, train_structures, val_structures, config)
     torch.manual_seed(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
 
-    optimizer = torch.optim.Adam(potential.parameters(), lr=config.learning_rate)
+    trainable = [p for p in potential.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("every parameter of the potential is frozen; nothing to train")
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.max_epochs, eta_min=config.learning_rate * config.final_lr_fraction
     )
@@ -143,7 +151,7 @@ def train(
         start_epoch, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         history = json.loads(state["history"])
         torch.set_rng_state(state["rng"])
-    else:
+    elif fit_references:
         potential.fit_references(train_structures)
 
     train_graphs = _graphs(potential, train_structures)

@@ -7,9 +7,10 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
 
 from backbones import M3GNet
-from fidelity_adapters import wrap
+from fidelity_adapters import from_atoms, wrap
 
 SMALL = dict(node_dim=16, edge_dim=16, hidden=(16,), readout_hidden=(16, 16))
 
@@ -47,3 +48,42 @@ def water_dimer(seed=0) -> Atoms:
     atoms.positions += np.random.default_rng(seed).normal(scale=0.03, size=atoms.positions.shape)
     atoms.info["fidelity"] = "PBE"
     return atoms
+
+
+CU_OPTIONS = {**SMALL, "cutoff": 3.0, "three_body_cutoff": 2.8}
+
+
+def emt_cu_cells(n, seed=0):
+    """Rattled 4-atom Cu cells with EMT energy and forces: (atoms without calculator, E, F)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.normal(), cubic=True)
+        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        yield atoms, energy, forces
+
+
+def high_level(energy, forces, n_atoms):
+    """The synthetic 'hi' fidelity: scaled EMT with a 2 eV/atom shifted reference."""
+    return 1.1 * energy + 2.0 * n_atoms, 1.1 * forces
+
+
+def labelled(atoms, fidelity, energy, forces, label, **info):
+    frame = atoms.copy()
+    frame.info.update(fidelity=fidelity, energy=energy, **info)
+    frame.arrays["forces"] = forces
+    return from_atoms(frame, label=label)
+
+
+def paired_cu(n=20, seed=0, shared=True):
+    """Cu cells labelled 'lo' (EMT) and 'hi' (see high_level) with a shared struct_id; with
+    shared=False every geometry gets only one of the two labels."""
+    out = []
+    for k, (atoms, energy, forces) in enumerate(emt_cu_cells(n, seed)):
+        levels = {"lo": (energy, forces), "hi": high_level(energy, forces, len(atoms))}
+        for name, (e, f) in levels.items():
+            if shared or (name == "hi") == (k % 2 == 0):
+                out.append(labelled(atoms, name, e, f, f"cu {k} {name}", struct_id=k))
+    return out

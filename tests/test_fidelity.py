@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
 
 from backbones import M3GNet
 from conftest import rattled_si, small_potential, water_dimer
@@ -84,7 +83,7 @@ def test_references_enter_the_potential_end_to_end():
     potential = small_potential(["H", "O"], ["PBE", "SCAN"])
     potential.fit_references(structures)
     with torch.no_grad():
-        for p in potential.backbone.readout.parameters():
+        for p in potential.backbone.readouts.parameters():
             p.zero_()  # network contributes nothing: the energy is the reference alone
     atoms = water_dimer()
     for name in ("PBE", "SCAN"):

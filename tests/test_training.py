@@ -4,31 +4,21 @@ checkpoints are atomic and checked on load."""
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
-from ase.calculators.emt import EMT
 from torch_geometric.data import Batch
 
-from conftest import small_potential
-from fidelity_adapters import from_atoms, train, training
+from conftest import emt_cu_cells, high_level, labelled, small_potential
+from fidelity_adapters import train, training
 from fidelity_adapters.training import TrainConfig, _loss, _loss_terms, load_checkpoint
 
 
 def emt_structures(n=24, seed=0):
-    """Cu cells labelled by EMT ('lo') and by EMT with a shifted reference and scaled forces ('hi')."""
-    rng = np.random.default_rng(seed)
+    """Cu cells, every third labelled 'hi', the others 'lo' (no geometry at both)."""
     out = []
-    for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.normal(), cubic=True)
-        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
-        atoms.calc = EMT()
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    for k, (atoms, energy, forces) in enumerate(emt_cu_cells(n, seed)):
         fidelity = "lo" if k % 3 else "hi"
         if fidelity == "hi":
-            energy, forces = 1.1 * energy + 2.0 * len(atoms), 1.1 * forces
-        atoms.calc = None
-        atoms.info.update(fidelity=fidelity, energy=energy)
-        atoms.arrays["forces"] = forces
-        out.append(from_atoms(atoms, label=f"emt {k}"))
+            energy, forces = high_level(energy, forces, len(atoms))
+        out.append(labelled(atoms, fidelity, energy, forces, f"emt {k}"))
     return out
 
 

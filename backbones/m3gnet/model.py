@@ -35,29 +35,47 @@ class M3GNet(nn.Module):
         n_blocks: int = 3,
         hidden: Sequence[int] = (64,),
         readout_hidden: Sequence[int] = (64, 64),
+        n_heads: int = 1,
     ):
         super().__init__()
         self.config = dict(
             n_elements=n_elements, cutoff=cutoff, three_body_cutoff=three_body_cutoff, node_dim=node_dim,
             edge_dim=edge_dim, state_dim=state_dim, n_radial=n_radial, max_n=max_n, max_l=max_l,
-            n_blocks=n_blocks, hidden=list(hidden), readout_hidden=list(readout_hidden),
+            n_blocks=n_blocks, hidden=list(hidden), readout_hidden=list(readout_hidden), n_heads=n_heads,
         )  # fmt: skip
         self.cutoff = cutoff
         self.three_body_cutoff = three_body_cutoff
         self.state_dim = state_dim
+        self.n_heads = n_heads
         self.radial_basis = SmoothBesselBasis(n_radial, cutoff)
         self.three_body_basis = SphericalBesselHarmonics(max_n, max_l, three_body_cutoff)
         self.atom_embedding = nn.Embedding(n_elements, node_dim)
         self.bond_embedding = nn.Sequential(nn.Linear(n_radial, edge_dim), nn.SiLU())
         self.three_body = nn.ModuleList(ThreeBodyInteraction(node_dim, edge_dim, max_n * max_l) for _ in range(n_blocks))
         self.blocks = nn.ModuleList(M3GNetBlock(node_dim, edge_dim, state_dim, n_radial, hidden) for _ in range(n_blocks))
-        self.readout = GatedMLP([node_dim, *readout_hidden, 1], activate_last=False)
+        self.readouts = nn.ModuleList(GatedMLP([node_dim, *readout_hidden, 1], activate_last=False) for _ in range(n_heads))
 
     def augment_graph(self, graph) -> None:
         """Add the triplet indices this backbone needs (numba, at graph-building time)."""
         graph.triplet_edge_ids = torch.as_tensor(triplets_of_graph(graph, self.three_body_cutoff))
 
     def forward(self, graph, edge_vectors: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        nodes = self.node_features(graph, edge_vectors, state)
+        if self.n_heads == 1:
+            return self.readouts[0](nodes).squeeze(-1)
+        # One readout per fidelity (the multi-head baseline): each atom uses its structure's head.
+        node_graph = graph.batch if graph.batch is not None else torch.zeros_like(graph.species)
+        head = graph.fidelity[node_graph]
+        energies = torch.zeros(len(nodes), dtype=nodes.dtype, device=nodes.device)
+        for k, readout in enumerate(self.readouts):
+            chosen = (head == k).nonzero().squeeze(1)
+            if len(chosen):
+                energies = energies.index_put((chosen,), readout(nodes[chosen]).squeeze(-1))
+        return energies
+
+    def node_features(self, graph, edge_vectors: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """Atom features after the last block (N, node_dim): what the readout sees, and what
+        DIRECT sampling uses to describe structures."""
         if (state is None) != (self.state_dim == 0):
             raise ValueError(f"this M3GNet has state_dim={self.state_dim}; state given: {state is not None}")
         edge_index = graph.edge_index
@@ -77,4 +95,4 @@ class M3GNet(nn.Module):
         for three_body, block in zip(self.three_body, self.blocks):
             edges = three_body(nodes, edges, edge_index[1], graph.triplet_edge_ids, three_body_basis, three_body_cutoff)
             nodes, edges, state = block(nodes, edges, state, edge_index, edge_graph, node_graph, radial, n_graphs)
-        return self.readout(nodes).squeeze(-1)
+        return nodes

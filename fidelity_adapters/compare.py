@@ -1,0 +1,266 @@
+"""The comparison harness: strategies x high-fidelity fractions x samplings x seeds on one
+data set, every run on the paper's split, and a report.
+
+Layout of the output directory (everything needed to resume and to reproduce):
+    settings.json                      the settings of the sweep
+    splits/<sampling>_f<pct>_s<seed>.json
+    lofi_models/s<seed>/<fidelity>/    the low-fidelity-only model of a seed (transfer, delta, encoder)
+    runs/<strategy>/<sampling>/f<pct>/s<seed>/   training checkpoint, model, parity.npz, record.json
+    report.md, results.json, learning_curve.png, parity/
+A run with a record.json is done; a run without one resumes from its training checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+import numpy as np
+import torch
+import yaml
+
+from .data import LabelledStructure, fidelities_of, read_structures
+from .evaluation import mean_absolute_errors, parity_arrays
+from .report import save_parity, write_report
+from .sampling import METHODS, select
+from .serialization import atomic_write
+from .splits import Split, paper_split
+from .strategies import STRATEGIES, Task, fit
+from .strategies.lofi_model import lofi_model
+from .training import TrainConfig
+
+SMALL_MODEL = {"node_dim": 16, "edge_dim": 16, "hidden": [16], "readout_hidden": [16, 16]}
+
+
+@dataclass
+class CompareSettings:
+    data: list[str] = field(default_factory=list)  # extxyz files; empty: the bundled PBE/SCAN water clusters
+    lofi: list[str] = field(default_factory=lambda: ["PBE"])
+    hifi: str = "SCAN"
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    strategy_fractions: dict[str, list[float]] = field(default_factory=dict)  # per-strategy fractions, e.g. single
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    sampling: list[str] = field(default_factory=lambda: ["random"])
+    every: int = 1  # keep every n-th frame of each data file
+    limit: int | None = None  # at most this many frames per file
+    holdout_fraction: float = 0.2
+    epochs: int = 100
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    force_weight: float = 1.0
+    patience: int = 200
+    model: dict = field(default_factory=dict)  # backbone options, e.g. {"node_dim": 32}
+    freeze: list[str] = field(default_factory=lambda: ["atom_embedding"])  # transfer learning
+    pretrain_fidelity: str | None = None  # the low fidelity transfer/delta build on; default the last of lofi
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CompareSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown comparison settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "CompareSettings":
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"{path}: cannot read the comparison config ({error})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: the comparison config must be a mapping of settings")
+        return cls.from_dict(values)
+
+    def fractions_of(self, strategy: str) -> list[float]:
+        return list(self.strategy_fractions.get(strategy, self.fractions))
+
+    def check(self) -> None:
+        for name in (*self.strategies, *self.strategy_fractions):
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r}; known: {list(STRATEGIES)}")
+        for method in self.sampling:
+            if method not in METHODS:
+                raise ValueError(f"unknown sampling {method!r}; known: {list(METHODS)}")
+        if not self.strategies or not self.seeds or not self.sampling:
+            raise ValueError("strategies, seeds and sampling must each name at least one")
+
+
+QUICK = {"epochs": 2, "fractions": [0.05, 0.1], "strategy_fractions": {}, "seeds": [0], "batch_size": 8, "model": SMALL_MODEL}
+
+
+def load_data(settings: CompareSettings) -> list[LabelledStructure]:
+    if not settings.data:
+        from .bundled import water_clusters
+
+        return water_clusters()
+    structures = []
+    for path in settings.data:
+        structures.extend(read_structures(path, every=settings.every, limit=settings.limit))
+    found = fidelities_of(structures)
+    for name in (*settings.lofi, settings.hifi):
+        if name not in found:
+            raise ValueError(f"fidelity {name!r} is in no data file; the data has {found}")
+    return structures
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({model}), torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}"
+
+
+def _write_json(path: Path, value) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1)))
+
+
+class Comparison:
+    """One sweep in one directory; `run()` does what is not done yet and writes the report."""
+
+    def __init__(self, settings: CompareSettings, out_dir: str | Path, command: str = ""):
+        settings.check()
+        self.settings, self.out, self.command = settings, Path(out_dir), command
+        self._check_settings_file()
+        self.structures = load_data(settings)
+        self.config = TrainConfig(
+            max_epochs=settings.epochs, learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+            force_weight=settings.force_weight, patience=settings.patience, progress=False,
+        )  # fmt: skip
+        self._features: dict[int, dict[int, list[float]]] = {}
+
+    def _check_settings_file(self) -> None:
+        """A resumed sweep may add strategies, fractions, seeds or samplings, but everything that
+        changes what a finished run means must stay the same."""
+        path = self.out / "settings.json"
+        current = json.loads(json.dumps(asdict(self.settings)))  # tuples -> lists, as saved
+        if path.exists():
+            saved = json.loads(path.read_text())
+            extendable = {"strategies", "fractions", "strategy_fractions", "seeds", "sampling"}
+            changed = [k for k in current if k not in extendable and saved.get(k) != current[k]]
+            if changed:
+                raise ValueError(f"{self.out} holds a sweep with other settings ({', '.join(changed)}); use a new directory")
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, current)
+
+    def runs(self) -> list[tuple[str, str, float, int]]:
+        s = self.settings
+        return [(strategy, method, fraction, seed) for seed in s.seeds for method in s.sampling
+                for strategy in s.strategies for fraction in s.fractions_of(strategy)]  # fmt: skip
+
+    def task(self, split: Split, seed: int, run_dir: Path) -> Task:
+        s = self.settings
+        config = TrainConfig(**{**asdict(self.config), "seed": seed})
+        return Task(self.structures, split, list(s.lofi), s.hifi, config, run_dir, self.out / "lofi_models" / f"s{seed}",
+                    dict(s.model), s.pretrain_fidelity, tuple(s.freeze))  # fmt: skip
+
+    def split(self, method: str, fraction: float, seed: int) -> Split:
+        s = self.settings
+        path = self.out / "splits" / f"{method}_f{_percent(fraction)}_s{seed}.json"
+        if path.exists():
+            return Split.load(path)
+        choose = None if method == "random" else self._chooser(method, seed)
+        split = paper_split(self.structures, s.lofi, s.hifi, fraction, seed, s.holdout_fraction, choose)
+        split.settings["sampling"] = method
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, asdict(split))
+        return split
+
+    def _chooser(self, method: str, seed: int):
+        """DIRECT / narrow pick from features of the seed's low-fidelity model (it never sees
+        high-fidelity labels, so the choice does not peek at what it selects)."""
+
+        def choose(candidate_ids: list[int], k: int) -> list[int]:
+            features = self._encode(seed)
+            rows = [features[i] for i in candidate_ids]
+            return [candidate_ids[i] for i in select(method, k, seed, features=np.array(rows))]
+
+        return choose
+
+    def _encode(self, seed: int) -> dict[int, list[float]]:
+        if seed not in self._features:
+            s = self.settings
+            base_split = paper_split(self.structures, s.lofi, s.hifi, 0.0, seed, s.holdout_fraction)
+            task = self.task(base_split, seed, self.out / "lofi_models" / f"s{seed}")
+            encoder = lofi_model(task)
+            hifi_ids = [k for k, x in enumerate(self.structures) if x.fidelity == s.hifi]
+            vectors = encoder.structure_features([self.structures[k] for k in hifi_ids], task.base_fidelity)
+            self._features[seed] = dict(zip(hifi_ids, vectors.tolist()))
+        return self._features[seed]
+
+    def check_splits(self) -> None:
+        """Every (fraction, seed) must be possible before hours of training start."""
+        s = self.settings
+        for _, _, fraction, seed in self.runs():
+            paper_split(self.structures, s.lofi, s.hifi, fraction, seed, s.holdout_fraction)
+
+    def run_one(self, strategy: str, method: str, fraction: float, seed: int) -> dict:
+        run_dir = self.out / "runs" / strategy / method / f"f{_percent(fraction)}" / f"s{seed}"
+        record_path = run_dir / "record.json"
+        if record_path.exists():
+            return json.loads(record_path.read_text())
+        split = self.split(method, fraction, seed)
+        task = self.task(split, seed, run_dir)
+        start = time.perf_counter()
+        fitted = fit(strategy, task)
+        test = task.pick(split.test)
+        parity = parity_arrays(test, fitted.predict(test))
+        save_parity(run_dir / "parity.npz", **parity)
+        record = {
+            "strategy": strategy, "fraction": fraction, "seed": seed, "sampling": method, "target": self.settings.hifi,
+            "n_hifi_train": len(split.hifi_train), "n_lofi_train": len(split.lofi_train), "n_test": len(split.test),
+            **{k: v for k, v in mean_absolute_errors(parity, len(test)).items() if k != "n_structures"},
+            "note": fitted.note, "parity": str((run_dir / "parity.npz").relative_to(self.out)),
+            "seconds": round(time.perf_counter() - start, 1),
+        }  # fmt: skip
+        _write_json(record_path, record)
+        return record
+
+    def run(self) -> Path:
+        self.check_splits()
+        records, todo = [], self.runs()
+        for k, (strategy, method, fraction, seed) in enumerate(todo, 1):
+            record = self.run_one(strategy, method, fraction, seed)
+            records.append(record)
+            print(f"[{k}/{len(todo)}] {strategy:<9} {method:<6} {_percent(fraction):>4} % seed {seed}: "
+                  f"E {1000 * record['energy_mae_per_atom']:.2f} meV/atom, F {1000 * record['force_mae']:.1f} meV/A "
+                  f"({record['seconds']:.0f} s)", flush=True)  # fmt: skip
+        title = f"{self.settings.hifi} from {' + '.join(self.settings.lofi)}: strategy comparison"
+        return write_report(records, self.out, title=title, header=self.header())
+
+    def header(self) -> str:
+        s = self.settings
+        counts = {name: sum(x.fidelity == name for x in self.structures) for name in fidelities_of(self.structures)}
+        data = ", ".join(s.data) if s.data else "bundled water clusters (fidelity_adapters/data_files)"
+        lines = [
+            f"Command: `{self.command}`" if self.command else "",
+            f"Data: {data}; every {s.every}-th frame, at most {s.limit or 'all'} per file; structures per fidelity {counts}.",
+            f"Split: Ko & Ong Fig. 2, held out {s.holdout_fraction:.0%} (half validation, half test), the same for every "
+            f"strategy and fraction of a seed. Training: {s.epochs} epochs max, batch {s.batch_size}, lr {s.learning_rate}, "
+            f"force weight {s.force_weight}, model options {s.model or 'paper defaults'}; transfer freezes {s.freeze}.",
+            f"Machine: {machine()}.",
+        ]
+        return "\n\n".join(line for line in lines if line)
+
+
+def compare(settings: CompareSettings, out_dir: str | Path, command: str = "") -> Path:
+    return Comparison(settings, out_dir, command).run()
+
+
+def settings_with(base: CompareSettings, overrides: dict) -> CompareSettings:
+    return CompareSettings.from_dict({**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+__all__ = ["QUICK", "CompareSettings", "Comparison", "compare", "settings_with"]

@@ -1,0 +1,96 @@
+"""The comparison harness: a tiny sweep runs every strategy, writes a parseable report,
+resumes without retraining, and refuses settings that would mix incompatible runs."""
+
+import json
+
+import pytest
+from ase.io import write
+
+from conftest import CU_OPTIONS, paired_cu
+from fidelity_adapters import cli
+from fidelity_adapters.compare import CompareSettings, Comparison, compare
+from fidelity_adapters.report import read_results
+from fidelity_adapters.strategies import STRATEGIES
+
+
+@pytest.fixture
+def cu_file(tmp_path):
+    path = tmp_path / "cu.extxyz"
+    frames = []
+    for s in paired_cu(20):
+        atoms = s.to_atoms()
+        atoms.info["energy"] = s.energy
+        atoms.arrays["forces"] = s.forces
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+    return path
+
+
+def tiny(cu_file, **options):
+    values = dict(data=[str(cu_file)], lofi=["lo"], hifi="hi", fractions=[0.2], seeds=[0], epochs=1,
+                  batch_size=8, model=dict(CU_OPTIONS))  # fmt: skip
+    return CompareSettings.from_dict({**values, **options})
+
+
+def test_sweep_runs_every_strategy_and_writes_a_parseable_report(cu_file, tmp_path):
+    settings = tiny(cu_file, strategy_fractions={"single": [0.2, 0.4]})
+    report = compare(settings, tmp_path / "sweep")
+    results = read_results(tmp_path / "sweep")
+    runs = {(r["strategy"], r["fraction"]) for r in results["records"]}
+    assert runs == {(s, 0.2) for s in STRATEGIES} | {("single", 0.4)}
+    assert all(r["n_test"] == 2 and r["energy_mae_per_atom"] >= 0 for r in results["records"])
+    assert {r["n_hifi_train"] for r in results["records"] if r["strategy"] == "single"} == {4, 8}
+    text = report.read_text()
+    for name in STRATEGIES:
+        assert name in text
+    assert "labels for 4/4" in text  # delta says where its lofi labels came from
+    assert (tmp_path / "sweep" / "learning_curve.png").exists()
+    split = json.loads((tmp_path / "sweep" / "splits" / "random_f20_s0.json").read_text())
+    assert split["settings"]["hifi_fraction"] == 0.2 and len(split["test"]) == 2
+
+
+def test_a_finished_sweep_resumes_without_retraining(cu_file, tmp_path):
+    settings = tiny(cu_file, strategies=["single"])
+    compare(settings, tmp_path / "sweep")
+    record = tmp_path / "sweep" / "runs" / "single" / "random" / "f20" / "s0" / "record.json"
+    saved = json.loads(record.read_text())
+    saved["note"] = "kept from the first run"
+    record.write_text(json.dumps(saved))
+    compare(tiny(cu_file, strategies=["single", "mfi"]), tmp_path / "sweep")  # extending the sweep is allowed
+    records = read_results(tmp_path / "sweep")["records"]
+    assert [r["note"] for r in records if r["strategy"] == "single"] == ["kept from the first run"]
+    assert {r["strategy"] for r in records} == {"single", "mfi"}
+    with pytest.raises(ValueError, match="epochs"):
+        Comparison(tiny(cu_file, epochs=3), tmp_path / "sweep")
+
+
+def test_direct_and_narrow_sampling_choose_different_hifi_structures(cu_file, tmp_path):
+    comparison = Comparison(tiny(cu_file, sampling=["random", "direct", "narrow"]), tmp_path / "sweep")
+    splits = {m: comparison.split(m, 0.2, 0) for m in ("random", "direct", "narrow")}
+    assert len({tuple(s.hifi_train) for s in splits.values()}) > 1
+    assert all(len(s.hifi_train) == 4 and s.test == splits["random"].test for s in splits.values())
+
+
+def test_bad_settings_are_named(cu_file, tmp_path):
+    with pytest.raises(ValueError, match="unknown comparison settings.*fraction"):
+        CompareSettings.from_dict({"fraction": [0.1]})
+    with pytest.raises(ValueError, match="unknown strategy 'tl'"):
+        Comparison(tiny(cu_file, strategies=["tl"]), tmp_path / "a")
+    with pytest.raises(ValueError, match="unknown sampling"):
+        Comparison(tiny(cu_file, sampling=["kmeans"]), tmp_path / "b")
+    with pytest.raises(ValueError, match="'SCAN' is in no data file"):
+        Comparison(tiny(cu_file, hifi="SCAN"), tmp_path / "c")
+    with pytest.raises(ValueError, match="only"):
+        Comparison(tiny(cu_file, fractions=[0.9]), tmp_path / "d").run()
+
+
+def test_cli_compare_reads_yaml_and_flags(cu_file, tmp_path, capsys):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"data: [{cu_file}]\nlofi: [lo]\nhifi: hi\nfractions: [0.2]\nseeds: [0]\nepochs: 1\n"
+                      f"model: {json.dumps(CU_OPTIONS)}\n")  # fmt: skip
+    code = cli.main(["compare", "--config", str(config), "--strategies", "single", "--out", str(tmp_path / "out")])
+    assert code == 0 and "report:" in capsys.readouterr().out
+    assert [r["strategy"] for r in read_results(tmp_path / "out")["records"]] == ["single"]
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    assert cli.main(["compare", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]) == 2
+    assert "mapping" in capsys.readouterr().err
