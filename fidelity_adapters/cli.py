@@ -81,7 +81,7 @@ def _compare(args) -> None:
     flags = {
         "data": args.data or None, "lofi": args.lofi, "hifi": args.hifi, "strategies": args.strategies,
         "fractions": args.fractions, "seeds": args.seeds, "sampling": args.sampling, "every": args.every,
-        "limit": args.limit, "epochs": args.epochs, "batch_size": args.batch_size, "freeze": args.freeze,
+        "limit": args.limit, "geometries": args.geometries, "epochs": args.epochs, "batch_size": args.batch_size, "freeze": args.freeze,
     }  # fmt: skip
     settings = settings_with(settings, flags)
     report = compare(settings, args.out, command=" ".join(["fidelity-adapters", *sys.argv[1:]]))
@@ -144,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--freeze", nargs="+", help="transfer learning: parameter-name prefixes to freeze")
     cmp.add_argument("--every", type=int, help="keep every n-th frame of each file")
     cmp.add_argument("--limit", type=int, help="at most this many frames per file")
+    cmp.add_argument("--geometries", type=int, help="at most this many geometries (struct_id), all their labels kept")
     cmp.add_argument("--epochs", type=int)
     cmp.add_argument("--batch-size", type=int)
     cmp.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, one seed: a smoke run")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from .data import LabelledStructure, fidelities_of, read_structures
+from .data import LabelledStructure, fidelities_of, read_structures, subsample_geometries
 from .evaluation import mean_absolute_errors, parity_arrays
 from .report import save_parity, write_report
 from .sampling import METHODS, select
@@ -47,6 +47,7 @@ class CompareSettings:
     sampling: list[str] = field(default_factory=lambda: ["random"])
     every: int = 1  # keep every n-th frame of each data file
     limit: int | None = None  # at most this many frames per file
+    geometries: int | None = None  # at most this many geometries (struct_id) overall, all their labels kept
     holdout_fraction: float = 0.2
     epochs: int = 100
     batch_size: int = 16
@@ -100,6 +101,8 @@ def load_data(settings: CompareSettings) -> list[LabelledStructure]:
     structures = []
     for path in settings.data:
         structures.extend(read_structures(path, every=settings.every, limit=settings.limit))
+    if settings.geometries is not None:
+        structures = subsample_geometries(structures, settings.geometries)
     found = fidelities_of(structures)
     for name in (*settings.lofi, settings.hifi):
         if name not in found:
@@ -123,6 +126,19 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:g}"
 
 
+def _subsampling(s: CompareSettings) -> str:
+    parts = [f"every {s.every}th frame" if s.every > 1 else "", f"at most {s.limit} frames per file" if s.limit else "",
+             f"{s.geometries} geometries evenly spread" if s.geometries else ""]  # fmt: skip
+    used = [p for p in parts if p]
+    return f" (subsampled: {', '.join(used)})" if used else ""
+
+
+def _no_choice(split: Split, method: str) -> str:
+    if method != "random" and len(split.hifi_train) == split.settings.get("n_candidates"):
+        return f"{method} sampling had no choice: all {len(split.hifi_train)} candidate structures were used"
+    return ""
+
+
 def _write_json(path: Path, value) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=1)))
 
@@ -130,9 +146,11 @@ def _write_json(path: Path, value) -> None:
 class Comparison:
     """One sweep in one directory; `run()` does what is not done yet and writes the report."""
 
-    def __init__(self, settings: CompareSettings, out_dir: str | Path, command: str = ""):
+    def __init__(self, settings: CompareSettings, out_dir: str | Path, command: str = "", encoder=None):
+        """`encoder(structures) -> (n, d) array` describes structures for DIRECT / narrow
+        sampling; by default the features of the seed's low-fidelity model."""
         settings.check()
-        self.settings, self.out, self.command = settings, Path(out_dir), command
+        self.settings, self.out, self.command, self.encoder = settings, Path(out_dir), command, encoder
         self._check_settings_file()
         self.structures = load_data(settings)
         self.config = TrainConfig(
@@ -190,6 +208,10 @@ class Comparison:
         return choose
 
     def _encode(self, seed: int) -> dict[int, list[float]]:
+        if seed not in self._features and self.encoder is not None:
+            hifi_ids = [k for k, x in enumerate(self.structures) if x.fidelity == self.settings.hifi]
+            vectors = np.asarray(self.encoder([self.structures[k] for k in hifi_ids]), dtype=float)
+            self._features[seed] = dict(zip(hifi_ids, vectors.tolist()))
         if seed not in self._features:
             s = self.settings
             base_split = paper_split(self.structures, s.lofi, s.hifi, 0.0, seed, s.holdout_fraction)
@@ -222,7 +244,7 @@ class Comparison:
             "strategy": strategy, "fraction": fraction, "seed": seed, "sampling": method, "target": self.settings.hifi,
             "n_hifi_train": len(split.hifi_train), "n_lofi_train": len(split.lofi_train), "n_test": len(split.test),
             **{k: v for k, v in mean_absolute_errors(parity, len(test)).items() if k != "n_structures"},
-            "note": fitted.note, "parity": str((run_dir / "parity.npz").relative_to(self.out)),
+            "note": "; ".join(filter(None, [fitted.note, _no_choice(split, method)])), "parity": str((run_dir / "parity.npz").relative_to(self.out)),
             "seconds": round(time.perf_counter() - start, 1),
         }  # fmt: skip
         _write_json(record_path, record)
@@ -246,7 +268,7 @@ class Comparison:
         data = ", ".join(s.data) if s.data else "bundled water clusters (fidelity_adapters/data_files)"
         lines = [
             f"Command: `{self.command}`" if self.command else "",
-            f"Data: {data}; every {s.every}-th frame, at most {s.limit or 'all'} per file; structures per fidelity {counts}.",
+            f"Data: {data}{_subsampling(s)}; structures per fidelity {counts}.",
             f"Split: Ko & Ong Fig. 2, held out {s.holdout_fraction:.0%} (half validation, half test), the same for every "
             f"strategy and fraction of a seed. Training: {s.epochs} epochs max, batch {s.batch_size}, lr {s.learning_rate}, "
             f"force weight {s.force_weight}, model options {s.model or 'paper defaults'}; transfer freezes {s.freeze}.",
@@ -255,8 +277,8 @@ class Comparison:
         return "\n\n".join(line for line in lines if line)
 
 
-def compare(settings: CompareSettings, out_dir: str | Path, command: str = "") -> Path:
-    return Comparison(settings, out_dir, command).run()
+def compare(settings: CompareSettings, out_dir: str | Path, command: str = "", encoder=None) -> Path:
+    return Comparison(settings, out_dir, command, encoder).run()
 
 
 def settings_with(base: CompareSettings, overrides: dict) -> CompareSettings:

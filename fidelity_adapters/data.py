@@ -193,3 +193,19 @@ def fidelities_of(structures: Iterable[LabelledStructure]) -> list[str]:
 
 def select(structures: Sequence[LabelledStructure], fidelity: str) -> list[LabelledStructure]:
     return [s for s in structures if s.fidelity == fidelity]
+
+
+def geometry_id(structure: LabelledStructure, position: int) -> str:
+    """Structures at different fidelities are one geometry when they share info['struct_id']."""
+    return str(structure.info.get("struct_id", f"#{position}"))
+
+
+def subsample_geometries(structures: Sequence[LabelledStructure], n: int) -> list[LabelledStructure]:
+    """At most `n` geometries, evenly spread in file order, each with all its fidelity labels
+    (subsampling frames instead would split the pairs that Delta-learning and the split
+    protocol rely on)."""
+    order = list(dict.fromkeys(geometry_id(s, k) for k, s in enumerate(structures)))
+    if n >= len(order):
+        return list(structures)
+    kept = {order[int(i)] for i in np.linspace(0, len(order) - 1, n).round()}
+    return [s for k, s in enumerate(structures) if geometry_id(s, k) in kept]

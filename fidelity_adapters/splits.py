@@ -9,8 +9,9 @@ in any training set at any fidelity.
 
 - Shared structures (some geometry has both labels, as in the paper): fractions count all
   geometries. Low-fidelity training = every geometry not held out; high-fidelity training =
-  `hifi_fraction` of all geometries, drawn from the low-fidelity training geometries that
-  have a high-fidelity label.
+  `hifi_fraction` of all geometries, drawn from the high-fidelity geometries not held out
+  (when every geometry has both labels, as in the paper, these are the low-fidelity training
+  geometries).
 - Separate structures (no geometry has both, like the public water sets): fractions count
   the high-fidelity geometries; high-fidelity training is drawn from those not held out, and
   low-fidelity training is every low-fidelity structure except `lofi_validation`.
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .data import LabelledStructure
+from .data import LabelledStructure, geometry_id
 
 
 @dataclass
@@ -50,10 +51,6 @@ class Split:
             return cls(**json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as error:
             raise ValueError(f"{path}: not a readable split file ({error})") from None
-
-
-def geometry_id(structure: LabelledStructure, position: int) -> str:
-    return str(structure.info.get("struct_id", f"#{position}"))
 
 
 Chooser = Callable[[list[int], int], list[int]]
@@ -95,9 +92,8 @@ def paper_split(
 
     rng = np.random.default_rng(seed)
     shuffled = [with_hifi[k] for k in rng.permutation(len(with_hifi))]
-    held_out, rest = shuffled[:n_holdout], shuffled[n_holdout:]
+    held_out, candidates = shuffled[:n_holdout], shuffled[n_holdout:]
     held = set(held_out)
-    candidates = [g for g in rest if has_lofi(g)] if shared else rest
     if n_hifi_train > len(candidates):
         raise ValueError(
             f"{hifi_fraction:.0%} of {base} geometries is {n_hifi_train} {hifi} training structures, but only "
@@ -128,5 +124,5 @@ def paper_split(
         test=[by_geometry[g][hifi] for g in test],
         lofi_validation=lofi_of(lofi_validation),
         settings=dict(lofi=lofi, hifi=hifi, hifi_fraction=hifi_fraction, seed=seed,
-                      holdout_fraction=holdout_fraction, shared_structures=shared),
+                      holdout_fraction=holdout_fraction, shared_structures=shared, n_candidates=len(candidates)),
     )  # fmt: skip

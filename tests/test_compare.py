@@ -3,6 +3,7 @@ resumes without retraining, and refuses settings that would mix incompatible run
 
 import json
 
+import numpy as np
 import pytest
 from ase.io import write
 
@@ -69,6 +70,13 @@ def test_direct_and_narrow_sampling_choose_different_hifi_structures(cu_file, tm
     splits = {m: comparison.split(m, 0.2, 0) for m in ("random", "direct", "narrow")}
     assert len({tuple(s.hifi_train) for s in splits.values()}) > 1
     assert all(len(s.hifi_train) == 4 and s.test == splits["random"].test for s in splits.values())
+    # a given encoder replaces the low-fidelity model's features: narrow on cell volume keeps small cells
+    volume = lambda structures: [[abs(np.linalg.det(s.cell))] for s in structures]  # noqa: E731
+    by_volume = Comparison(tiny(cu_file, sampling=["narrow"]), tmp_path / "v", encoder=volume).split("narrow", 0.2, 0)
+    held = set(by_volume.test + by_volume.validation)
+    candidates = [k for k, s in enumerate(comparison.structures) if s.fidelity == "hi" and k not in held]
+    volumes = dict(zip(candidates, np.ravel(volume([comparison.structures[k] for k in candidates]))))
+    assert max(volumes[k] for k in by_volume.hifi_train) < np.median(list(volumes.values()))
 
 
 def test_bad_settings_are_named(cu_file, tmp_path):

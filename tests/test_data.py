@@ -137,3 +137,15 @@ def test_corrupt_extxyz_names_the_frame(tmp_path):
     (tmp_path / "bad.extxyz").write_text("\n".join(text) + "\n")
     with pytest.raises(ValueError, match=r"bad.extxyz:1: expected an atom count"):
         read_structures(tmp_path / "bad.extxyz")
+
+
+def test_subsampling_by_geometry_keeps_every_label_of_a_kept_geometry():
+    from conftest import paired_cu
+    from fidelity_adapters.data import subsample_geometries
+
+    data = paired_cu(10)
+    kept = subsample_geometries(data, 4)
+    ids = [s.info["struct_id"] for s in kept]
+    assert sorted(set(ids)) == [0, 3, 6, 9]  # evenly spread over the file
+    assert all(ids.count(g) == 2 for g in set(ids))  # both fidelities of each
+    assert subsample_geometries(data, 50) == data
