@@ -1,4 +1,4 @@
-"""Command line: `fidelity-adapters demo | train | evaluate | compare | info`."""
+"""Command line: `fidelity-adapters demo | train | evaluate | compare | info | eos | relax | md | rdf`."""
 
 from __future__ import annotations
 
@@ -88,6 +88,96 @@ def _compare(args) -> None:
     print(f"report: {report}")
 
 
+def _calculator(args, fidelity: str):
+    from .calculator import FidelityCalculator
+
+    return FidelityCalculator.from_file(args.model, fidelity)
+
+
+def _read_structure(path: str):
+    from ase.io import read
+
+    try:
+        return read(path)
+    except (OSError, ValueError, StopIteration) as error:
+        raise ValueError(f"{path}: cannot read a structure ({error})") from None
+
+
+def _eos(args) -> None:
+    from .physics.eos import equation_of_state, eos_table, plot_eos, silicon_polymorph
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.structure:
+        structures = {Path(args.structure).stem: _read_structure(args.structure)}
+    else:
+        structures = {name: silicon_polymorph(name) for name in args.polymorphs}
+    results, rows = {}, []
+    for fidelity in args.fidelity:
+        calc = _calculator(args, fidelity)
+        results[fidelity] = [
+            equation_of_state(atoms, calc, name=name, volume_range=tuple(args.range), n_points=args.points)
+            for name, atoms in structures.items()
+        ]
+        plot_eos(results[fidelity], out / f"eos_{fidelity}.png")
+        rows += [{"fidelity": fidelity, "structure": r.name, "e0": r.e0, "v0": r.v0, "b_gpa": r.b_gpa} for r in results[fidelity]]
+    reference = json.loads(Path(args.reference).read_text()) if args.reference else None
+    table = eos_table(results, {k: tuple(v) for k, v in reference.items()} if reference else None)
+    (out / "eos.md").write_text(table + "\n")
+    (out / "eos.json").write_text(json.dumps(rows, indent=1))
+    print(table)
+
+
+def _relax(args) -> None:
+    from ase.io import write
+
+    from .physics.relax import relax
+
+    result = relax(_read_structure(args.structure), _calculator(args, args.fidelity), fmax=args.fmax, steps=args.steps,
+                   relax_cell=not args.fixed_cell, trajectory=args.trajectory)  # fmt: skip
+    write(args.out, result.atoms, format="extxyz")
+    state = "converged" if result.converged else f"NOT converged in {result.steps} steps"
+    print(f"{state}: energy {result.energy:.6f} eV, max force {result.max_force:.4f} eV/A; written to {args.out}")
+    if not result.converged:
+        raise ValueError(f"relaxation did not reach fmax={args.fmax} eV/A in {args.steps} steps")
+
+
+def _md(args) -> None:
+    from .physics.md import run_md
+
+    result = run_md(
+        _read_structure(args.structure), _calculator(args, args.fidelity), ensemble=args.ensemble,
+        temperature_K=args.temperature, timestep_fs=args.timestep, steps=args.steps, interval=args.interval,
+        trajectory=args.out, seed=args.seed, thermostat=args.thermostat, pressure_gpa=args.pressure,
+    )  # fmt: skip
+    print(f"{result.n_steps} steps of {args.ensemble.upper()} at fidelity {args.fidelity}; trajectory {args.out}")
+    print(f"mean temperature {result.temperature_K.mean():.1f} K, final volume {result.volume_per_atom[-1]:.3f} A^3/atom")
+    if result.drift_mev_per_atom_per_ps is not None:
+        print(f"energy drift {result.drift_mev_per_atom_per_ps:.4f} meV/atom/ps, "
+              f"max deviation {result.max_deviation_mev_per_atom:.4f} meV/atom")  # fmt: skip
+
+
+def _rdf(args) -> None:
+    from .physics import structure_analysis as analysis
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    r, g = analysis.radial_distribution(args.trajectory, rmax=args.rmax, nbins=args.bins, elements=args.elements)
+    analysis.plot_rdf(r, g, out / "rdf.png")
+    np.savetxt(out / "rdf.txt", np.column_stack([r, g]), header="r (A)  g(r)")
+    print(f"first maximum of g(r): {r[np.argmax(g)]:.3f} A; files in {out}/")
+    if args.angles:
+        theta, p = analysis.angular_distribution(args.trajectory, center=args.angles[1], neighbor=args.angles[0],
+                                                 cutoff=args.angle_cutoff)  # fmt: skip
+        analysis.plot_angles(theta, p, out / "angles.png")
+        np.savetxt(out / "angles.txt", np.column_stack([theta, p]), header="angle (deg)  density (1/deg)")
+        print(f"most likely {'-'.join([args.angles[0], args.angles[1], args.angles[0]])} angle: {theta[np.argmax(p)]:.1f} deg")
+    if args.coordination_cutoff:
+        histogram = analysis.coordination_numbers(args.trajectory, cutoff=args.coordination_cutoff)
+        analysis.plot_coordination(histogram, out / "coordination.png")
+        print("coordination numbers: " + ", ".join(f"{n}: {f:.3f}" for n, f in sorted(histogram.items())))
+
+
 def _info(args) -> None:
     from .serialization import read_metadata
 
@@ -149,6 +239,54 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--batch-size", type=int)
     cmp.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, one seed: a smoke run")
     cmp.set_defaults(func=_compare)
+
+    eos = sub.add_parser("eos", help="Murnaghan equation of state per fidelity (built-in Si polymorphs or a structure)")
+    eos.add_argument("model")
+    eos.add_argument("--fidelity", nargs="+", required=True, help="one or more fidelity names of the model")
+    eos.add_argument("--structure", help="structure file (default: the Si polymorphs)")
+    eos.add_argument("--polymorphs", nargs="+", default=["diamond", "beta-Sn", "fcc", "sh"])
+    eos.add_argument("--points", type=int, default=11)
+    eos.add_argument("--range", nargs=2, type=float, default=[0.85, 1.15], help="relative volume range")
+    eos.add_argument("--reference", help="JSON {structure: [E0 eV/atom, V0 A^3/atom, B GPa]} to compare with")
+    eos.add_argument("--out", default="runs/eos")
+    eos.set_defaults(func=_eos)
+
+    rel = sub.add_parser("relax", help="relax positions (and cell) at one fidelity")
+    rel.add_argument("model")
+    rel.add_argument("structure")
+    rel.add_argument("--fidelity", required=True)
+    rel.add_argument("--fmax", type=float, default=0.05, help="force threshold (eV/A)")
+    rel.add_argument("--steps", type=int, default=500)
+    rel.add_argument("--fixed-cell", action="store_true")
+    rel.add_argument("--trajectory", help="extxyz file of the optimisation steps")
+    rel.add_argument("--out", default="relaxed.extxyz")
+    rel.set_defaults(func=_relax)
+
+    md = sub.add_parser("md", help="NVE / NVT / NPT molecular dynamics at one fidelity")
+    md.add_argument("model")
+    md.add_argument("structure")
+    md.add_argument("--fidelity", required=True)
+    md.add_argument("--ensemble", default="nve", choices=["nve", "nvt", "npt"])
+    md.add_argument("--thermostat", default="langevin")
+    md.add_argument("--temperature", type=float, default=300.0, help="K")
+    md.add_argument("--pressure", type=float, default=0.0, help="GPa (NPT)")
+    md.add_argument("--timestep", type=float, default=1.0, help="fs")
+    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--interval", type=int, default=10, help="write every n-th step")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--out", default="md.extxyz", help="trajectory (extxyz)")
+    md.set_defaults(func=_md)
+
+    rdf = sub.add_parser("rdf", help="radial / angular distribution and coordination numbers of a trajectory")
+    rdf.add_argument("trajectory")
+    rdf.add_argument("--rmax", type=float, default=6.0)
+    rdf.add_argument("--bins", type=int, default=200)
+    rdf.add_argument("--elements", nargs=2, help="partial g(r), e.g. O O")
+    rdf.add_argument("--angles", nargs=2, metavar=("NEIGHBOR", "CENTER"), help="angle distribution, e.g. O O for O-O-O")
+    rdf.add_argument("--angle-cutoff", type=float, default=3.3)
+    rdf.add_argument("--coordination-cutoff", type=float, help="coordination-number histogram with this cutoff (A)")
+    rdf.add_argument("--out", default="runs/rdf")
+    rdf.set_defaults(func=_rdf)
 
     info = sub.add_parser("info", help="print a saved model's metadata")
     info.add_argument("model")

@@ -1,0 +1,1 @@
+"""Physics with a chosen fidelity: equation of state, relaxation, MD, structure analysis."""
