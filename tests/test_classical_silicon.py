@@ -84,7 +84,7 @@ def test_relax_and_md_commands_respect_the_fidelity(trained, tmp_path, capsys):
     start = silicon_polymorph("diamond").repeat(2)
     start.rattle(0.05, seed=0)
     write(tmp_path / "start.extxyz", start)
-    finals = {}
+    finals, relaxed_positions = {}, {}
     for level in ("SW", "Tersoff"):
         out = tmp_path / f"md_{level}.extxyz"
         assert cli.main(["md", str(path), str(tmp_path / "start.extxyz"), "--fidelity", level, "--ensemble", "nvt",
@@ -94,7 +94,9 @@ def test_relax_and_md_commands_respect_the_fidelity(trained, tmp_path, capsys):
         code = cli.main(["relax", str(path), str(tmp_path / "start.extxyz"), "--fidelity", level, "--fmax", "0.05",
                          "--out", str(relaxed)])  # fmt: skip
         assert code == 0 and read(relaxed).get_forces().max() < 0.05 + 1e-9
+        relaxed_positions[level] = read(relaxed).positions
     assert not np.allclose(finals["SW"], finals["Tersoff"])
+    assert not np.allclose(relaxed_positions["SW"], relaxed_positions["Tersoff"])
     assert cli.main(["rdf", str(tmp_path / "md_SW.extxyz"), "--angles", "Si", "Si", "--angle-cutoff", "2.85",
                      "--coordination-cutoff", "2.85", "--out", str(tmp_path / "rdf")]) == 0  # fmt: skip
     out = capsys.readouterr().out
