@@ -1,13 +1,13 @@
 """Make the bundled PBE/SCAN water-cluster data set (fidelity_adapters/data_files/).
 
 Geometries come from short rigid-TIP3P MD of (H2O)2-4 clusters; every structure is
-labelled with PBE/def2-SVP and a random subset also with SCAN/def2-SVP (PySCF, density
-fitting). Labels are appended to a partial file as they come, so a killed run resumes;
-run again with a larger --n-scan to add SCAN labels to a finished set.
+labelled with PBE/def2-SVP and with SCAN/def2-SVP (all of them by default, or a random subset
+of --n-scan; PySCF, density fitting). Labels are appended to a partial file as they come, so
+a killed run resumes; run again with a larger --n-scan to add SCAN labels to a finished set
+(that is how the bundled file was made: 90 SCAN first, then the other 210).
 
     pip install -e '.[pyscf]'
-    python examples/make_bundled_data.py               # about 45 min on 2 idle cores
-    python examples/make_bundled_data.py --n-scan 300  # SCAN on every geometry: 70 min more
+    python examples/make_bundled_data.py               # about 1.5 h on 2 idle cores
 """
 
 import argparse
@@ -42,7 +42,7 @@ def start_from_finished(out: Path, partial: Path, geometries: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-structures", type=int, default=300)
-    parser.add_argument("--n-scan", type=int, default=90)
+    parser.add_argument("--n-scan", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()

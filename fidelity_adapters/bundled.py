@@ -1,4 +1,4 @@
-"""The bundled data set: (H2O)2-4 clusters with PBE labels and SCAN on a subset, made by
+"""The bundled data set: (H2O)2-4 clusters with PBE and SCAN labels on every geometry, made by
 examples/make_bundled_data.py with the project's own sampler and PySCF labeller."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ def test_bundled_clusters_have_both_fidelities_on_shared_geometries():
     structures = water_clusters()
     pbe = {s.info["struct_id"]: s for s in structures if s.fidelity == "PBE"}
     scan = {s.info["struct_id"]: s for s in structures if s.fidelity == "SCAN"}
-    assert len(pbe) >= 200 and 0 < len(scan) < len(pbe)
+    assert len(pbe) == len(scan) == 300
     assert set(scan) <= set(pbe)
     for sid, s in scan.items():
         np.testing.assert_allclose(s.positions, pbe[sid].positions, atol=1e-6)
