@@ -26,10 +26,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--polymorphs", nargs="+", default=list(SI_POLYMORPHS), help="phases to sample and to fit")
     parser.add_argument("--out", type=Path, default=Path("runs/si_eos"))
     args = parser.parse_args()
 
-    structures = silicon_ladder(args.structures, seed=args.seed)
+    structures = silicon_ladder(args.structures, seed=args.seed, polymorphs=tuple(args.polymorphs))
     split = paper_split(structures, "SW", "Tersoff", hifi_fraction=args.hifi_fraction, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     split.save(args.out / "split.json")
@@ -48,18 +49,26 @@ def main() -> None:
         test_errors[name] = errors(potential, pick(split.test), "Tersoff")
         calculators[f"{name} at Tersoff"] = FidelityCalculator(potential, "Tersoff")
 
-    results = {}
+    results, failures = {}, []
     for label, calc in calculators.items():
-        results[label] = [equation_of_state(silicon_polymorph(p), calc, name=p) for p in SI_POLYMORPHS]
-        plot_eos(results[label], args.out / f"eos_{label.replace(' ', '_')}.png")
+        results[label] = []
+        for phase in args.polymorphs:
+            try:
+                results[label].append(equation_of_state(silicon_polymorph(phase), calc, name=phase))
+            except ValueError as error:  # no minimum in the scanned range: report it, keep going
+                failures.append(f"{label}, {phase}: {error}")
+        if results[label]:
+            plot_eos(results[label], args.out / f"eos_{label.replace(' ', '_')}.png")
     exact = {r.name: (r.e0, r.v0, r.b_gpa) for r in results["exact Tersoff"]}
     table = eos_table(results, reference=exact)
     print(table)
+    for failure in failures:
+        print(f"no equation of state for {failure}")
     for name, e in test_errors.items():
         print(f"{name}: Tersoff test E MAE {1000 * e['energy_mae_per_atom']:.2f} meV/atom, F MAE {1000 * e['force_mae']:.1f} meV/A")
-    rows = {label: [vars(r) | {"volumes": None, "energies": None} for r in rs] for label, rs in results.items()}
+    rows = {label: [{"name": r.name, "e0": r.e0, "v0": r.v0, "b_gpa": r.b_gpa} for r in rs] for label, rs in results.items()}
     (args.out / "eos.json").write_text(json.dumps({"eos": rows, "test_errors": test_errors}, indent=1, default=float))
-    (args.out / "eos.md").write_text(table + "\n")
+    (args.out / "eos.md").write_text(table + "\n" + "".join(f"\n- no equation of state for {f}" for f in failures) + "\n")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def label(frames: list[Atoms], level: str) -> list[LabelledStructure]:
     return out
 
 
-def silicon_ladder(n: int, seed: int = 0) -> list[LabelledStructure]:
+def silicon_ladder(n: int, seed: int = 0, polymorphs=SI_POLYMORPHS) -> list[LabelledStructure]:
     """`n` geometries, each labelled at both levels (shared struct_id)."""
-    frames = sample_silicon(n, seed)
+    frames = sample_silicon(n, seed, polymorphs)
     return label(frames, "SW") + label(frames, "Tersoff")

@@ -156,6 +156,9 @@ def plot_eos(results: list[EOSResult], path) -> None:
     """Energy per atom against volume per atom: scanned points and fitted curve per result."""
     from matplotlib.figure import Figure
 
+    if not results:
+        raise ValueError(f"no equation-of-state results to plot in {path}")
+
     fig = Figure(figsize=(5, 4), layout="constrained")
     ax = fig.add_subplot()
     for r in results:
