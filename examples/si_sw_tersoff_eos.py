@@ -44,7 +44,7 @@ def main() -> None:
         ("mfi", ["SW", "Tersoff"], pick(split.lofi_train) + pick(split.hifi_train)),
         ("1fi", ["Tersoff"], pick(split.hifi_train)),
     ):
-        potential = m3gnet_potential(["Si"], fidelities)
+        potential = m3gnet_potential(["Si"], fidelities, seed=args.seed)
         train(potential, train_set, pick(split.validation), config, args.out / name)
         test_errors[name] = errors(potential, pick(split.test), "Tersoff")
         calculators[f"{name} at Tersoff"] = FidelityCalculator(potential, "Tersoff")

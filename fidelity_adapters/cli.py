@@ -45,7 +45,7 @@ def _train(args) -> None:
         val_set += [group[k] for k in val_ids]
         train_set += [group[k] for k in train_ids]
     elements = sorted({int(z) for s in structures for z in np.unique(s.numbers)})
-    potential = m3gnet_potential(elements, fidelities)
+    potential = m3gnet_potential(elements, fidelities, seed=args.seed)
     print(potential.describe())
     config = TrainConfig(
         max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, force_weight=args.force_weight,

@@ -29,7 +29,7 @@ def run_demo(out_dir: str | Path, epochs: int = 100, hifi_fraction: float = 0.1,
 
     results = {}
     for name, fidelities, train_set in (("mfi", ["PBE", "SCAN"], lofi + hifi), ("1fi", ["SCAN"], hifi)):
-        potential = m3gnet_potential(elements, fidelities)
+        potential = m3gnet_potential(elements, fidelities, seed=seed)
         print(f"{name}: {potential.describe()}")
         fit = train(potential, train_set, val, config, out_dir / name)
         results[name] = {**errors(potential, test, "SCAN"), "best_epoch": fit.best_epoch, "n_train": len(train_set)}

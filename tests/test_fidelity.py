@@ -108,3 +108,19 @@ def test_forces_only_fidelity_gets_zero_references():
             s.energy = float("nan")
     table = fit_elemental_energies(structures, [1, 8], ["PBE", "SCAN"])
     assert np.all(table[1] == 0) and np.all(table[0] != 0)
+
+
+def test_m3gnet_potential_init_depends_on_its_seed_only():
+    from fidelity_adapters import m3gnet_potential
+
+    first = m3gnet_potential(["Si"], ["PBE", "SCAN"], seed=3)
+    state = torch.get_rng_state()
+    torch.randn(100)  # whatever ran before must not change the start
+    second = m3gnet_potential(["Si"], ["PBE", "SCAN"], seed=3)
+    other = m3gnet_potential(["Si"], ["PBE", "SCAN"], seed=4)
+    for a, b, c in zip(first.parameters(), second.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters()))
+    before = torch.get_rng_state()
+    m3gnet_potential(["Si"], ["PBE"], seed=5)
+    assert torch.equal(torch.get_rng_state(), before) and not torch.equal(state, before)

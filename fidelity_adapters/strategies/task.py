@@ -44,7 +44,8 @@ class Task:
         return name
 
     def potential(self, fidelities: Sequence[str], **options) -> Potential:
-        return m3gnet_potential(self.elements, list(fidelities), **{**self.backbone_options, **options})
+        options = {**self.backbone_options, **options}
+        return m3gnet_potential(self.elements, list(fidelities), seed=self.config.seed, **options)
 
     def config_for(self, monitor: str) -> TrainConfig:
         return replace(self.config, monitor=monitor)
