@@ -158,22 +158,28 @@ def _md(args) -> None:
 
 
 def _rdf(args) -> None:
+    from ase.io import read
+
     from .physics import structure_analysis as analysis
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    r, g = analysis.radial_distribution(args.trajectory, rmax=args.rmax, nbins=args.bins, elements=args.elements)
+    try:
+        frames = read(args.trajectory, index=":")  # once, for every analysis below
+    except (OSError, ValueError, StopIteration) as error:
+        raise ValueError(f"{args.trajectory}: cannot read a trajectory ({error})") from None
+    r, g = analysis.radial_distribution(frames, rmax=args.rmax, nbins=args.bins, elements=args.elements)
     analysis.plot_rdf(r, g, out / "rdf.png")
     np.savetxt(out / "rdf.txt", np.column_stack([r, g]), header="r (A)  g(r)")
     print(f"first maximum of g(r): {r[np.argmax(g)]:.3f} A; files in {out}/")
     if args.angles:
-        theta, p = analysis.angular_distribution(args.trajectory, center=args.angles[1], neighbor=args.angles[0],
+        theta, p = analysis.angular_distribution(frames, center=args.angles[1], neighbor=args.angles[0],
                                                  cutoff=args.angle_cutoff)  # fmt: skip
         analysis.plot_angles(theta, p, out / "angles.png")
         np.savetxt(out / "angles.txt", np.column_stack([theta, p]), header="angle (deg)  density (1/deg)")
         print(f"most likely {'-'.join([args.angles[0], args.angles[1], args.angles[0]])} angle: {theta[np.argmax(p)]:.1f} deg")
     if args.coordination_cutoff:
-        histogram = analysis.coordination_numbers(args.trajectory, cutoff=args.coordination_cutoff)
+        histogram = analysis.coordination_numbers(frames, cutoff=args.coordination_cutoff)
         analysis.plot_coordination(histogram, out / "coordination.png")
         print("coordination numbers: " + ", ".join(f"{n}: {f:.3f}" for n, f in sorted(histogram.items())))
 
@@ -182,6 +188,15 @@ def _info(args) -> None:
     from .serialization import read_metadata
 
     print(json.dumps(read_metadata(args.model), indent=1))
+
+
+def _simulation_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A command that runs a saved model on one structure at one (required) fidelity."""
+    command = sub.add_parser(name, help=help)
+    command.add_argument("model")
+    command.add_argument("structure")
+    command.add_argument("--fidelity", required=True)
+    return command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -251,10 +266,7 @@ def parser() -> argparse.ArgumentParser:
     eos.add_argument("--out", default="runs/eos")
     eos.set_defaults(func=_eos)
 
-    rel = sub.add_parser("relax", help="relax positions (and cell) at one fidelity")
-    rel.add_argument("model")
-    rel.add_argument("structure")
-    rel.add_argument("--fidelity", required=True)
+    rel = _simulation_parser(sub, "relax", "relax positions (and cell) at one fidelity")
     rel.add_argument("--fmax", type=float, default=0.05, help="force threshold (eV/A)")
     rel.add_argument("--steps", type=int, default=500)
     rel.add_argument("--fixed-cell", action="store_true")
@@ -262,10 +274,7 @@ def parser() -> argparse.ArgumentParser:
     rel.add_argument("--out", default="relaxed.extxyz")
     rel.set_defaults(func=_relax)
 
-    md = sub.add_parser("md", help="NVE / NVT / NPT molecular dynamics at one fidelity")
-    md.add_argument("model")
-    md.add_argument("structure")
-    md.add_argument("--fidelity", required=True)
+    md = _simulation_parser(sub, "md", "NVE / NVT / NPT molecular dynamics at one fidelity")
     md.add_argument("--ensemble", default="nve", choices=["nve", "nvt", "npt"])
     md.add_argument("--thermostat", default="langevin")
     md.add_argument("--temperature", type=float, default=300.0, help="K")

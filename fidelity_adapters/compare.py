@@ -16,8 +16,9 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+
 import numpy as np
 import torch
 import yaml
@@ -180,7 +181,7 @@ class Comparison:
 
     def task(self, split: Split, seed: int, run_dir: Path) -> Task:
         s = self.settings
-        config = TrainConfig(**{**asdict(self.config), "seed": seed})
+        config = replace(self.config, seed=seed)
         return Task(self.structures, split, list(s.lofi), s.hifi, config, run_dir, self.out / "lofi_models" / f"s{seed}",
                     dict(s.model), s.pretrain_fidelity, tuple(s.freeze))  # fmt: skip
 
@@ -192,8 +193,7 @@ class Comparison:
         choose = None if method == "random" else self._chooser(method, seed)
         split = paper_split(self.structures, s.lofi, s.hifi, fraction, seed, s.holdout_fraction, choose)
         split.settings["sampling"] = method
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(path, asdict(split))
+        split.save(path)
         return split
 
     def _chooser(self, method: str, seed: int):
@@ -208,24 +208,24 @@ class Comparison:
         return choose
 
     def _encode(self, seed: int) -> dict[int, list[float]]:
-        if seed not in self._features and self.encoder is not None:
-            hifi_ids = [k for k, x in enumerate(self.structures) if x.fidelity == self.settings.hifi]
-            vectors = np.asarray(self.encoder([self.structures[k] for k in hifi_ids]), dtype=float)
-            self._features[seed] = dict(zip(hifi_ids, vectors.tolist()))
+        """Feature vector of every high-fidelity structure (by index), once per seed."""
         if seed not in self._features:
             s = self.settings
-            base_split = paper_split(self.structures, s.lofi, s.hifi, 0.0, seed, s.holdout_fraction)
-            task = self.task(base_split, seed, self.out / "lofi_models" / f"s{seed}")
-            encoder = lofi_model(task)
             hifi_ids = [k for k, x in enumerate(self.structures) if x.fidelity == s.hifi]
-            vectors = encoder.structure_features([self.structures[k] for k in hifi_ids], task.base_fidelity)
+            hifi = [self.structures[k] for k in hifi_ids]
+            if self.encoder is not None:
+                vectors = np.asarray(self.encoder(hifi), dtype=float)
+            else:
+                base_split = paper_split(self.structures, s.lofi, s.hifi, 0.0, seed, s.holdout_fraction)
+                task = self.task(base_split, seed, self.out / "lofi_models" / f"s{seed}")
+                vectors = lofi_model(task).structure_features(hifi, task.base_fidelity)
             self._features[seed] = dict(zip(hifi_ids, vectors.tolist()))
         return self._features[seed]
 
     def check_splits(self) -> None:
         """Every (fraction, seed) must be possible before hours of training start."""
         s = self.settings
-        for _, _, fraction, seed in self.runs():
+        for fraction, seed in {(fraction, seed) for _, _, fraction, seed in self.runs()}:
             paper_split(self.structures, s.lofi, s.hifi, fraction, seed, s.holdout_fraction)
 
     def run_one(self, strategy: str, method: str, fraction: float, seed: int) -> dict:

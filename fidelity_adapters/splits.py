@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .data import LabelledStructure, geometry_id
+from .serialization import atomic_write
 
 
 @dataclass
@@ -43,7 +44,9 @@ class Split:
     settings: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        """Write atomically (a sweep killed mid-write must not leave a half split behind)."""
+        text = json.dumps(asdict(self), indent=1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":

@@ -38,21 +38,25 @@ def difference_labels(task: Task, hifi: list[LabelledStructure], lofi: Potential
     """Delta-labelled copies of `hifi`, and counts of where the low-fidelity labels came from."""
     name = task.base_fidelity
     lofi_labels = {str(s.info["struct_id"]): s for s in task.structures if s.fidelity == name and "struct_id" in s.info}
-    predicted = lofi.predict(hifi, name)
+    partners = [lofi_labels.get(str(s.info.get("struct_id"))) for s in hifi]
+    label_energy = [p is not None and p.has_energy for p in partners]
+    label_forces = [p is not None and p.forces is not None and bool(np.isfinite(p.forces).all()) for p in partners]
+    # The low-fidelity model is evaluated only where a paired label is missing.
+    missing = [k for k, s in enumerate(hifi) if not label_energy[k] or (s.forces is not None and not label_forces[k])]
+    predicted = dict(zip(missing, lofi.predict([hifi[k] for k in missing], name))) if missing else {}
     counts = {"energy_label": 0, "energy_model": 0, "forces_label": 0, "forces_model": 0}
     out = []
-    for s, p in zip(hifi, predicted):
-        partner = lofi_labels.get(str(s.info.get("struct_id")))
-        if partner is not None and partner.has_energy:
+    for k, (s, partner) in enumerate(zip(hifi, partners)):
+        if label_energy[k]:
             e_low, counts["energy_label"] = partner.energy, counts["energy_label"] + 1
         else:
-            e_low, counts["energy_model"] = p["energy"], counts["energy_model"] + 1
+            e_low, counts["energy_model"] = predicted[k]["energy"], counts["energy_model"] + 1
         forces = None
         if s.forces is not None:
-            if partner is not None and partner.forces is not None and np.isfinite(partner.forces).all():
+            if label_forces[k]:
                 f_low, counts["forces_label"] = partner.forces, counts["forces_label"] + 1
             else:
-                f_low, counts["forces_model"] = p["forces"], counts["forces_model"] + 1
+                f_low, counts["forces_model"] = predicted[k]["forces"], counts["forces_model"] + 1
             forces = s.forces - f_low
         out.append(replace(s, fidelity=DELTA, energy=s.energy - e_low, forces=forces, stress=None))
     return out, counts
