@@ -54,8 +54,10 @@ def _images(frac, pbc, reps, pad):
 
 
 @numba.njit(cache=True)
-def _search(centres, image_pos, image_atom, image_shift, cutoff):
-    """Pairs (centre i, image k) closer than cutoff, by Cartesian binning of the images."""
+def _search(centres, image_pos, image_atom, image_shift, offset, cutoff):
+    """Edges (i, j, shift) from each centre i to the images closer than cutoff, by Cartesian
+    binning of the images; shifts are returned in unwrapped coordinates (offset: the lattice
+    vector each atom was wrapped by)."""
     m = image_pos.shape[0]
     lo = np.empty(3)
     extent = np.empty(3)
@@ -88,28 +90,51 @@ def _search(centres, image_pos, image_atom, image_shift, cutoff):
 
     cutoff2 = cutoff * cutoff
     n = centres.shape[0]
-    out_i = []
-    out_k = []
+    # sorted copies make the inner loop read memory in order
+    sorted_pos = image_pos[order]
+    sorted_atom = image_atom[order]
+    sorted_shift = image_shift[order]
+    capacity = max(1024, 32 * n)  # grown by doubling: no Python-list appends in the hot loop
+    out_i = np.empty(capacity, np.int64)
+    out_j = np.empty(capacity, np.int64)
+    out_shift = np.empty((capacity, 3), np.int64)
+    count = 0
+    home = np.empty(3, np.int64)
     for i in range(n):
-        home = np.empty(3, np.int64)
         for d in range(3):
             home[d] = min(int((centres[i, d] - lo[d]) / width[d]), nbins[d] - 1)
+        x, y, z = centres[i, 0], centres[i, 1], centres[i, 2]
         for a in range(max(0, home[0] - 1), min(nbins[0], home[0] + 2)):
             for b in range(max(0, home[1] - 1), min(nbins[1], home[1] + 2)):
                 for c in range(max(0, home[2] - 1), min(nbins[2], home[2] + 2)):
                     bidx = (a * nbins[1] + b) * nbins[2] + c
                     for p in range(start[bidx], start[bidx + 1]):
-                        k = order[p]
-                        if image_atom[k] == i and image_shift[k, 0] == 0 and image_shift[k, 1] == 0 and image_shift[k, 2] == 0:
+                        dx = sorted_pos[p, 0] - x
+                        dy = sorted_pos[p, 1] - y
+                        dz = sorted_pos[p, 2] - z
+                        if dx * dx + dy * dy + dz * dz >= cutoff2:
                             continue
-                        r2 = 0.0
+                        j = sorted_atom[p]
+                        if j == i and sorted_shift[p, 0] == 0 and sorted_shift[p, 1] == 0 and sorted_shift[p, 2] == 0:
+                            continue
+                        if count == capacity:
+                            capacity *= 2
+                            out_i = _grown(out_i, capacity)
+                            out_j = _grown(out_j, capacity)
+                            out_shift = _grown(out_shift, capacity)
+                        out_i[count] = i
+                        out_j[count] = j
                         for d in range(3):
-                            diff = image_pos[k, d] - centres[i, d]
-                            r2 += diff * diff
-                        if r2 < cutoff2:
-                            out_i.append(i)
-                            out_k.append(k)
-    return np.array(out_i, dtype=np.int64), np.array(out_k, dtype=np.int64)
+                            out_shift[count, d] = sorted_shift[p, d] - offset[j, d] + offset[i, d]
+                        count += 1
+    return out_i[:count].copy(), out_j[:count].copy(), out_shift[:count].copy()
+
+
+@numba.njit(cache=True)
+def _grown(array, capacity):
+    bigger = np.empty((capacity,) + array.shape[1:], array.dtype)
+    bigger[: array.shape[0]] = array
+    return bigger
 
 
 def neighbor_list(
@@ -140,16 +165,9 @@ def neighbor_list(
         image_atom, image_shift = _images(frac, pbc, reps, np.where(pbc, pad, 0.0))
         wrapped = frac @ cell
         image_pos = wrapped[image_atom] + image_shift @ cell
-        i, k = _search(wrapped, image_pos, image_atom, image_shift, cutoff)
-        j = image_atom[k]
-        shifts = image_shift[k] - offset[j] + offset[i]
-    else:
-        image_atom = np.arange(n, dtype=np.int64)
-        zero = np.zeros((n, 3), np.int64)
-        i, k = _search(positions, positions, image_atom, zero, cutoff)
-        j = k
-        shifts = zero[k]
-    return i, j, shifts
+        return _search(wrapped, image_pos, image_atom, image_shift, offset, cutoff)
+    zero = np.zeros((n, 3), np.int64)
+    return _search(positions, positions, np.arange(n, dtype=np.int64), zero, zero, cutoff)
 
 
 def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -91,10 +91,16 @@ class SphericalBesselHarmonics(nn.Module):
 
     def forward(self, r: torch.Tensor, cos_theta: torch.Tensor) -> torch.Tensor:
         """(T,) distances and cosines -> (T, max_l * max_n) features."""
+        return self.with_angles(self.radial(r), cos_theta)
+
+    def radial(self, r: torch.Tensor) -> torch.Tensor:
+        """(E,) distances -> (E, max_l * max_n) normalised j_l(z_ln r / rc). A function of the
+        bond ik alone: computed per edge and gathered to triplets, ~8x fewer evaluations."""
+        columns = [_spherical_bessel(l, r[:, None] * self.roots[l] / self.cutoff) * self.norm[l] for l in range(self.max_l)]
+        return torch.cat(columns, dim=1)
+
+    def with_angles(self, radial: torch.Tensor, cos_theta: torch.Tensor) -> torch.Tensor:
+        """Radial features (T, max_l * max_n) times Y_l^0 of each triplet's angle."""
         legendre = [torch.ones_like(cos_theta), cos_theta, 1.5 * cos_theta**2 - 0.5]
-        out = []
-        for l in range(self.max_l):
-            x = r[:, None] * self.roots[l] / self.cutoff
-            radial = _spherical_bessel(l, x) * self.norm[l]
-            out.append(radial * (math.sqrt((2 * l + 1) / (4 * math.pi)) * legendre[l])[:, None])
-        return torch.cat(out, dim=1)
+        angular = torch.stack([math.sqrt((2 * l + 1) / (4 * math.pi)) * legendre[l] for l in range(self.max_l)], dim=1)
+        return radial * angular.repeat_interleave(self.max_n, dim=1)

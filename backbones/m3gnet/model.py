@@ -86,11 +86,15 @@ class M3GNet(nn.Module):
         radial = self.radial_basis(lengths)
 
         ij, ik = graph.triplet_edge_ids
-        cos_theta = (edge_vectors[ij] * edge_vectors[ik]).sum(1) / (lengths[ij] * lengths[ik])
-        three_body_basis = self.three_body_basis(lengths[ik], cos_theta.clamp(-1.0, 1.0))
+        cos_theta = (edge_vectors.index_select(0, ij) * edge_vectors.index_select(0, ik)).sum(1)
+        cos_theta = cos_theta / (lengths.index_select(0, ij) * lengths.index_select(0, ik))
+        three_body_radial = self.three_body_basis.radial(lengths).index_select(0, ik)
+        three_body_basis = self.three_body_basis.with_angles(three_body_radial, cos_theta.clamp(-1.0, 1.0))
         three_body_cutoff = polynomial_cutoff(lengths, self.three_body_cutoff)
 
         nodes = self.atom_embedding(graph.species)
+        if state is not None:  # the fidelity embedding may be kept in another precision
+            state = state.to(nodes.dtype)
         edges = self.bond_embedding(radial)
         for three_body, block in zip(self.three_body, self.blocks):
             edges = three_body(nodes, edges, edge_index[1], graph.triplet_edge_ids, three_body_basis, three_body_cutoff)

@@ -40,11 +40,26 @@ def triplet_edge_pairs(centre: np.ndarray, within: np.ndarray, n_atoms: int) -> 
     return out
 
 
+@numba.njit(cache=True)
+def shorter_than(pos, cell, centre, neighbour, shift, cutoff):
+    """Mask of the edges shorter than cutoff (one pass, no (E, 3) temporaries)."""
+    within = np.empty(centre.shape[0], np.bool_)
+    cutoff2 = cutoff * cutoff
+    for e in range(centre.shape[0]):
+        r2 = 0.0
+        for d in range(3):
+            v = pos[neighbour[e], d] - pos[centre[e], d]
+            for c in range(3):
+                v += shift[e, c] * cell[c, d]
+            r2 += v * v
+        within[e] = r2 < cutoff2
+    return within
+
+
 def triplets_of_graph(graph, three_body_cutoff: float) -> np.ndarray:
     """Triplet edge ids of one AtomicGraph (positions and shifts as stored in it)."""
     pos = graph.pos.detach().cpu().numpy()
     cell = graph.cell.detach().cpu().numpy().reshape(3, 3)
     i, j = graph.edge_index.cpu().numpy()
-    vectors = pos[j] + graph.edge_shift.cpu().numpy() @ cell - pos[i]
-    within = np.einsum("ij,ij->i", vectors, vectors) < three_body_cutoff**2
+    within = shorter_than(pos, cell, i, j, graph.edge_shift.cpu().numpy(), three_body_cutoff)
     return triplet_edge_pairs(i, within, int(graph.num_nodes))
