@@ -77,6 +77,11 @@ def _groups(records: list[dict]) -> dict[tuple[str, float, str], list[dict]]:
     return {key: groups[key] for key in order}
 
 
+def _milli(mean: float, std: float) -> str:
+    """'mean ± std' in milli-units; a dash where the test set has no such label (energy-only CASPT2)."""
+    return "–" if not np.isfinite(mean) else f"{1000 * mean:.2f} ± {1000 * std:.2f}"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample std (ddof=1); std is 0 for a single value."""
     array = np.asarray(values, dtype=float)
@@ -209,14 +214,15 @@ def _markdown(title: str, header: str, summary: list[dict], records: list[dict],
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in summary:
-        energy = f"{1000 * row['energy_mae_per_atom_mean']:.2f} ± {1000 * row['energy_mae_per_atom_std']:.2f}"
-        force = f"{1000 * row['force_mae_mean']:.2f} ± {1000 * row['force_mae_std']:.2f}"
+        energy = _milli(row["energy_mae_per_atom_mean"], row["energy_mae_per_atom_std"])
+        force = _milli(row["force_mae_mean"], row["force_mae_std"])
         n_hifi = row["n_hifi_train"] if isinstance(row["n_hifi_train"], int) else f"{row['n_hifi_train']:.1f}"
         lines.append(f"| {row['strategy']} | {row['sampling']} | {_percent(row['fraction'])} | {n_hifi} "
                      f"| {row['n_seeds']} | {energy} | {force} |")  # fmt: skip
     lines += [
         "",
-        "Values are mean ± sample standard deviation (ddof = 1) over seeds; a row with a single seed shows ± 0.00.",
+        "Values are mean ± sample standard deviation (ddof = 1) over seeds; a row with a single seed shows ± 0.00;"
+        " – means the test structures have no such label.",
         "",
     ]
     notes: dict[str, list[str]] = {}

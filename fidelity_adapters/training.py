@@ -63,16 +63,19 @@ def _check_data(potential: Potential, train, val, config: TrainConfig) -> None:
 
 
 def _loss_terms(potential: Potential, batch, config: TrainConfig, training: bool) -> dict:
-    """Masked squared-error sums and counts for energy/atom, force components and stress."""
-    out = potential(batch, forces=True, stress=config.stress_weight > 0, training=training)
+    """Masked squared-error sums and counts for energy/atom, force components and stress.
+    Forces are computed only when the batch has force labels that count: an energy-only batch
+    (CASPT2, say) then costs one backward pass in training, not two."""
+    want_forces = config.force_weight > 0 and bool(torch.isfinite(batch.forces).any())
+    out = potential(batch, forces=want_forces, stress=config.stress_weight > 0, training=training)
     dtype = out["energy"].dtype
     natoms = batch.natoms.to(dtype)
     e_true = batch.energy.to(dtype)
     e_mask = torch.isfinite(e_true)
     e_diff = torch.where(e_mask, (out["energy"] - e_true) / natoms, torch.zeros_like(e_true))
     f_true = batch.forces.to(dtype)
-    f_mask = torch.isfinite(f_true)
-    f_diff = torch.where(f_mask, out["forces"] - f_true, torch.zeros_like(f_true))
+    f_mask = torch.isfinite(f_true) & want_forces
+    f_diff = torch.where(f_mask, out["forces"] - f_true, torch.zeros_like(f_true)) if want_forces else torch.zeros_like(f_true)
     terms = {
         "e_se": (e_diff**2).sum(), "e_ae": e_diff.abs().sum(), "e_n": e_mask.sum(),
         "f_se": (f_diff**2).sum(), "f_ae": f_diff.abs().sum(), "f_n": f_mask.sum(),

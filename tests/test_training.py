@@ -66,6 +66,31 @@ def test_force_and_stress_weights_take_effect():
     assert no_forces < plain < stressed
 
 
+def test_forces_are_skipped_when_they_cannot_count(monkeypatch):
+    """Energy-only batches (CASPT2-like) and force_weight 0 ask the potential for energies only,
+    and the loss is then the same whatever the force labels say."""
+    data = emt_structures(4)
+    potential = cu_potential()
+    potential.fit_references(data)
+    asked = []
+    forward = type(potential).forward
+    def recording(self, batch, forces=True, **options):
+        asked.append(forces)
+        return forward(self, batch, forces, **options)
+
+    monkeypatch.setattr(type(potential), "forward", recording)
+    batch = Batch.from_data_list([potential.graph(s) for s in data])
+    with_forces = _loss(_loss_terms(potential, batch, quick(), training=False), quick())
+    ignored = _loss(_loss_terms(potential, batch, quick(force_weight=0.0), training=False), quick(force_weight=0.0))
+    batch.forces = batch.forces + 100.0
+    still_ignored = _loss(_loss_terms(potential, batch, quick(force_weight=0.0), training=False), quick(force_weight=0.0))
+    batch.forces = torch.full_like(batch.forces, float("nan"))
+    energy_only = _loss_terms(potential, batch, quick(), training=False)
+    assert asked == [True, False, False, False]
+    assert float(with_forces) > float(ignored) == pytest.approx(float(still_ignored))
+    assert int(energy_only["f_n"]) == 0 and float(_loss(energy_only, quick())) == pytest.approx(float(ignored))
+
+
 def test_monitor_picks_validation_fidelity():
     data = emt_structures()
     potential = cu_potential()

@@ -21,5 +21,5 @@ def lofi_model(task: Task) -> Potential:
             f"{len(train_set)} and {len(val_set)}"
         )
     potential = task.potential([name])
-    train(potential, train_set, val_set, task.config_for(name), task.lofi_model_dir / name)
+    train(potential, train_set, val_set, task.config_for(name), task.lofi_model_dir / name.replace("/", "_"))
     return potential
