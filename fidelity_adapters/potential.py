@@ -2,7 +2,9 @@
 
 E = scale * sum_i e_i + sum_i E_ref[fidelity, element_i]   (Ko & Ong eq. 4)
 Forces are -dE/dpositions and stress (1/V) dE/dstrain, both by autograd: positions and cell
-are strained by a zero displacement tensor whose gradient is the virial.
+are strained by a zero displacement tensor whose gradient is the virial. The fidelity vector
+reaches the backbone as its global state or, for a backbone without one, through a
+FidelityInjector (injection.py) into the invariant features.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch_geometric.data import Batch
 from .data import LabelledStructure, from_atoms
 from .fidelity_state import FidelityState
 from .graph import AtomicGraph, build_graph
+from .injection import FidelityInjector, check_fidelity_reaches_output
 from .references import fit_elemental_energies, force_scale
 
 
@@ -29,11 +32,18 @@ def _atomic_numbers(elements: Sequence[int | str]) -> list[int]:
 
 
 class Potential(nn.Module):
-    def __init__(self, backbone: nn.Module, fidelity_state: FidelityState, elements: Sequence[int | str]):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        fidelity_state: FidelityState,
+        elements: Sequence[int | str],
+        injector: FidelityInjector | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.fidelity_state = fidelity_state
         self.elements = _atomic_numbers(elements)
+        self.injector = injector
 
     @property
     def fidelities(self) -> list[str]:
@@ -64,6 +74,15 @@ class Potential(nn.Module):
         scale = force_scale(structures) if refit_scale else float(self.fidelity_state.scale)
         self.fidelity_state.set_references(table, scale)
 
+    def _run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Call a backbone method with each structure's fidelity vector: as the global state,
+        or per atom on the injector's hooks (the backbone then gets no state)."""
+        state = self.fidelity_state(batch.fidelity)
+        if self.injector is None:
+            return method(batch, edge_vectors, state)
+        with self.injector.fidelity(state[batch.batch]):
+            return method(batch, edge_vectors, None)
+
     def _as_batch(self, batch) -> Batch:
         if isinstance(batch, AtomicGraph) and not isinstance(batch, Batch):
             batch = Batch.from_data_list([batch])
@@ -85,8 +104,7 @@ class Potential(nn.Module):
             pos = torch.einsum("ni,nij->nj", pos, deformation[batch.batch])
             cell = torch.bmm(cell, deformation)
 
-        state = self.fidelity_state(batch.fidelity)
-        atomic = self.backbone(batch, _edge_vectors(batch, pos, cell), state)
+        atomic = self._run_backbone(self.backbone, batch, _edge_vectors(batch, pos, cell))
         reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
         atomic = self.fidelity_state.scale * atomic.to(torch.float64) + reference
         energy = torch.zeros(n_graphs, dtype=torch.float64, device=pos.device).index_add(0, batch.batch, atomic)
@@ -129,7 +147,7 @@ class Potential(nn.Module):
         for start in range(0, len(structures), batch_size):
             batch = self._as_batch(Batch.from_data_list([self.graph(s, fidelity) for s in structures[start : start + batch_size]]))
             pos, cell = batch.pos.to(self.dtype), batch.cell.to(self.dtype)
-            nodes = self.backbone.node_features(batch, _edge_vectors(batch, pos, cell), self.fidelity_state(batch.fidelity))
+            nodes = self._run_backbone(self.backbone.node_features, batch, _edge_vectors(batch, pos, cell))
             for atoms in torch.split(nodes, batch.natoms.tolist()):
                 rows.append(torch.cat([atoms.mean(0), atoms.std(0, unbiased=False)]).double().cpu().numpy())
         return np.stack(rows)
@@ -147,26 +165,47 @@ def _edge_vectors(batch, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     return pos[neighbour] + shift_vectors - pos[centre]
 
 
-def wrap(backbone: nn.Module, fidelities: Sequence[str], elements: Sequence[int | str]) -> Potential:
+def wrap(
+    backbone: nn.Module,
+    fidelities: Sequence[str],
+    elements: Sequence[int | str],
+    inject: Sequence[str] | None = None,
+    inject_dim: int | None = None,
+) -> Potential:
     """Make a potential that predicts at any of the named fidelities from one backbone.
 
     The fidelity vector enters through the backbone's global state (`state_dim`), or the
     fidelity picks one of the backbone's readout heads (`n_heads` = number of fidelities, the
-    multi-head baseline). A backbone with neither can only be wrapped for a single fidelity;
-    asking for more is an error rather than a model that silently ignores the fidelity.
+    multi-head baseline), or, for a backbone with neither that names `injection_sites()`, an
+    `inject_dim` vector (default 16) modulates its invariant features at the places in
+    `inject` ("embedding", "messages", "readout"; default messages). Giving either for any
+    other model is an error, not an ignored option. An injected model is checked on a probe
+    structure: a fidelity that does not change the energy is an error, not a silent no-op.
+    A backbone with none of these can only be wrapped for a single fidelity.
     """
     fidelities = list(fidelities)
     state_dim = int(getattr(backbone, "state_dim", 0) or 0)
     n_heads = int(getattr(backbone, "n_heads", 1) or 1)
     if n_heads > 1 and n_heads != len(fidelities):
         raise ValueError(f"{type(backbone).__name__} has {n_heads} readout heads but {len(fidelities)} fidelities were given")
-    if len(fidelities) > 1 and state_dim == 0 and n_heads == 1:
+    injected = len(fidelities) > 1 and state_dim == 0 and n_heads == 1
+    if injected and not hasattr(backbone, "injection_sites"):
         raise ValueError(
-            f"{type(backbone).__name__} has no global state input (state_dim=0) and one readout head, so "
-            f"{len(fidelities)} fidelities would have nowhere to enter; build it with state_dim > 0"
+            f"{type(backbone).__name__} has no global state input (state_dim=0), one readout head and no "
+            f"injection_sites(), so {len(fidelities)} fidelities would have nowhere to enter; build it with state_dim > 0"
         )
     numbers = _atomic_numbers(elements)
     n_elements = getattr(backbone, "config", {}).get("n_elements", len(numbers))
     if n_elements != len(numbers):
         raise ValueError(f"backbone was built for {n_elements} elements but {len(numbers)} were given: {elements}")
-    return Potential(backbone, FidelityState(fidelities, len(numbers), state_dim), numbers)
+    if not injected:
+        if inject is not None or inject_dim is not None:
+            how = "through its global state" if state_dim else "by readout head" if n_heads > 1 else "nowhere (one fidelity)"
+            raise ValueError(f"inject/inject_dim were given, but {type(backbone).__name__} takes the fidelity {how}")
+        return Potential(backbone, FidelityState(fidelities, len(numbers), state_dim), numbers)
+    dtype = next(backbone.parameters()).dtype
+    inject_dim = 16 if inject_dim is None else inject_dim
+    injector = FidelityInjector(backbone, ("messages",) if inject is None else inject, inject_dim).to(dtype)
+    potential = Potential(backbone, FidelityState(fidelities, len(numbers), inject_dim), numbers, injector)
+    check_fidelity_reaches_output(potential)
+    return potential

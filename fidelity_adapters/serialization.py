@@ -2,8 +2,9 @@
 
 A saved potential is one safetensors file: the weights and buffers (elemental reference
 energies and scale included) plus JSON metadata naming the backbone class, its constructor
-arguments, the elements and the fidelities. Loading rebuilds the model from that metadata,
-so the fidelity names travel with the model.
+arguments, the elements, the fidelities and, for a backbone without a global state, where
+and how wide the fidelity is injected. Loading rebuilds the model from that metadata, so the
+fidelity names and the fidelity input travel with the model.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def metadata_of(potential: Potential) -> dict:
         "elements": potential.elements,
         "fidelities": potential.fidelities,
         "dtype": str(potential.dtype).removeprefix("torch."),
+        "injection": None if potential.injector is None else {"places": potential.injector.places, "dim": potential.injector.dim},
     }
 
 
@@ -82,8 +84,12 @@ def load_potential(path: str | os.PathLike, device: str | torch.device = "cpu") 
     meta = read_metadata(path)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: model format version {meta.get('format_version')} is not {FORMAT_VERSION}")
-    backbone = BACKBONES[meta["backbone"]](**meta["backbone_config"]).to(getattr(torch, meta["dtype"]))
-    potential = wrap(backbone, meta["fidelities"], meta["elements"])
+    dtype = getattr(torch, meta["dtype"])
+    injection = meta.get("injection")
+    options = {"inject": injection["places"], "inject_dim": injection["dim"]} if injection else {}
+    backbone = BACKBONES[meta["backbone"]](**meta["backbone_config"]).to(dtype)
+    # every tensor in the saved dtype, so float64 weights are not rounded through float32 ones
+    potential = wrap(backbone, meta["fidelities"], meta["elements"], **options).to(dtype)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:
