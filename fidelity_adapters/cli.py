@@ -82,7 +82,7 @@ def _compare(args) -> None:
         "data": args.data or None, "lofi": args.lofi, "hifi": args.hifi, "strategies": args.strategies,
         "fractions": args.fractions, "seeds": args.seeds, "sampling": args.sampling, "every": args.every,
         "limit": args.limit, "geometries": args.geometries, "epochs": args.epochs, "batch_size": args.batch_size, "freeze": args.freeze,
-        "force_weight": args.force_weight,
+        "force_weight": args.force_weight, "backbone": args.backbone,
     }  # fmt: skip
     settings = settings_with(settings, flags)
     report = compare(settings, args.out, command=" ".join(["fidelity-adapters", *sys.argv[1:]]))
@@ -254,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--epochs", type=int)
     cmp.add_argument("--batch-size", type=int)
     cmp.add_argument("--force-weight", type=float, help="weight of the force term (0: energies only)")
+    cmp.add_argument("--backbone", help="M3GNet (default), MACEStyle or NequIPStyle")
     cmp.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, one seed: a smoke run")
     cmp.set_defaults(func=_compare)
 

@@ -12,6 +12,7 @@ A run with a record.json is done; a run without one resumes from its training ch
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -23,8 +24,11 @@ import numpy as np
 import torch
 import yaml
 
+from backbones import BACKBONES
+
 from .data import LabelledStructure, fidelities_of, read_structures, subsample_geometries
 from .evaluation import mean_absolute_errors, parity_arrays
+from .recipes import RECIPES
 from .report import save_parity, write_report
 from .sampling import METHODS, select
 from .serialization import atomic_write
@@ -55,6 +59,7 @@ class CompareSettings:
     learning_rate: float = 1e-3
     force_weight: float = 1.0
     patience: int = 200
+    backbone: str = "M3GNet"  # M3GNet, MACEStyle or NequIPStyle (recipes.RECIPES)
     model: dict = field(default_factory=dict)  # backbone options, e.g. {"node_dim": 32}
     freeze: list[str] = field(default_factory=lambda: ["atom_embedding"])  # transfer learning
     pretrain_fidelity: str | None = None  # the low fidelity transfer/delta build on; default the last of lofi
@@ -84,6 +89,10 @@ class CompareSettings:
         for name in (*self.strategies, *self.strategy_fractions):
             if name not in STRATEGIES:
                 raise ValueError(f"unknown strategy {name!r}; known: {list(STRATEGIES)}")
+        if self.backbone not in RECIPES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {list(RECIPES)}")
+        if "multihead" in self.strategies and "n_heads" not in inspect.signature(BACKBONES[self.backbone]).parameters:
+            raise ValueError(f"multihead needs a backbone with one readout head per fidelity; {self.backbone} has one head")
         for method in self.sampling:
             if method not in METHODS:
                 raise ValueError(f"unknown sampling {method!r}; known: {list(METHODS)}")
@@ -167,8 +176,10 @@ class Comparison:
         current = json.loads(json.dumps(asdict(self.settings)))  # tuples -> lists, as saved
         if path.exists():
             saved = json.loads(path.read_text())
+            # a setting newer than the saved sweep was then at its default
+            defaults = json.loads(json.dumps(asdict(CompareSettings())))
             extendable = {"strategies", "fractions", "strategy_fractions", "seeds", "sampling"}
-            changed = [k for k in current if k not in extendable and saved.get(k) != current[k]]
+            changed = [k for k in current if k not in extendable and saved.get(k, defaults[k]) != current[k]]
             if changed:
                 raise ValueError(f"{self.out} holds a sweep with other settings ({', '.join(changed)}); use a new directory")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +194,7 @@ class Comparison:
         s = self.settings
         config = replace(self.config, seed=seed)
         return Task(self.structures, split, list(s.lofi), s.hifi, config, run_dir, self.out / "lofi_models" / f"s{seed}",
-                    dict(s.model), s.pretrain_fidelity, tuple(s.freeze))  # fmt: skip
+                    dict(s.model), s.pretrain_fidelity, tuple(s.freeze), s.backbone)  # fmt: skip
 
     def split(self, method: str, fraction: float, seed: int) -> Split:
         s = self.settings
@@ -271,7 +282,7 @@ class Comparison:
             f"Data: {data}{_subsampling(s)}; structures per fidelity {counts}.",
             f"Split: Ko & Ong Fig. 2, held out {s.holdout_fraction:.0%} (half validation, half test), the same for every "
             f"strategy and fraction of a seed. Training: {s.epochs} epochs max, batch {s.batch_size}, lr {s.learning_rate}, "
-            f"force weight {s.force_weight}, model options {s.model or 'paper defaults'}; transfer freezes {s.freeze}.",
+            f"force weight {s.force_weight}, backbone {s.backbone}, model options {s.model or 'defaults'}; transfer freezes {s.freeze}.",
             f"Machine: {machine()}.",
         ]
         return "\n\n".join(line for line in lines if line)

@@ -11,6 +11,7 @@ from conftest import CU_OPTIONS, paired_cu
 from fidelity_adapters import cli
 from fidelity_adapters.compare import CompareSettings, Comparison, compare
 from fidelity_adapters.report import read_results
+from fidelity_adapters.serialization import read_metadata
 from fidelity_adapters.strategies import STRATEGIES
 
 
@@ -102,3 +103,31 @@ def test_cli_compare_reads_yaml_and_flags(cu_file, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("- a list\n")
     assert cli.main(["compare", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]) == 2
     assert "mapping" in capsys.readouterr().err
+
+
+def test_e3nn_backbones_run_in_the_harness(cu_file, tmp_path):
+    """backbone: NequIPStyle trains mfi (fidelity injected) and single with that backbone."""
+    e3nn = dict(channels=4, n_basis=4, radial_hidden=4, readout_hidden=4, cutoff=3.0)
+    settings = tiny(cu_file, strategies=["mfi", "single"], backbone="NequIPStyle", model=e3nn)
+    compare(settings, tmp_path / "sweep")
+    metadata = read_metadata(tmp_path / "sweep" / "runs" / "mfi" / "random" / "f20" / "s0" / "best_model.safetensors")
+    assert metadata["backbone"] == "NequIPStyle" and metadata["injection"]["places"] == ["messages"]
+    assert {r["strategy"] for r in read_results(tmp_path / "sweep")["records"]} == {"mfi", "single"}
+    with pytest.raises(ValueError, match="unknown backbone 'MACE'"):
+        Comparison(tiny(cu_file, backbone="MACE"), tmp_path / "a")
+    with pytest.raises(ValueError, match="multihead needs .* MACEStyle has one head"):
+        Comparison(tiny(cu_file, backbone="MACEStyle"), tmp_path / "b")
+
+
+def test_a_sweep_saved_before_a_setting_existed_resumes(cu_file, tmp_path):
+    settings = tiny(cu_file, strategies=["single"])
+    compare(settings, tmp_path / "sweep")
+    path = tmp_path / "sweep" / "settings.json"
+    saved = json.loads(path.read_text())
+    del saved["backbone"]  # an older sweep: the setting was then at its default
+    path.write_text(json.dumps(saved))
+    Comparison(settings, tmp_path / "sweep")
+    saved["backbone"] = "MACEStyle"
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="backbone"):
+        Comparison(settings, tmp_path / "sweep")

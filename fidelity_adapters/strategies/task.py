@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import LabelledStructure
 from ..potential import Potential
-from ..recipes import m3gnet_potential
+from ..recipes import RECIPES
 from ..splits import Split
 from ..training import TrainConfig
 
@@ -28,6 +28,7 @@ class Task:
     backbone_options: dict = field(default_factory=dict)
     pretrain_fidelity: str | None = None  # the low fidelity that transfer/delta build on; default lofi[-1]
     freeze: tuple[str, ...] = ("atom_embedding",)  # transfer learning: parameter-name prefixes kept fixed
+    backbone: str = "M3GNet"  # a name in recipes.RECIPES
 
     def pick(self, ids: Sequence[int]) -> list[LabelledStructure]:
         return [self.structures[k] for k in ids]
@@ -45,7 +46,7 @@ class Task:
 
     def potential(self, fidelities: Sequence[str], **options) -> Potential:
         options = {**self.backbone_options, **options}
-        return m3gnet_potential(self.elements, list(fidelities), seed=self.config.seed, **options)
+        return RECIPES[self.backbone](self.elements, list(fidelities), seed=self.config.seed, **options)
 
     def config_for(self, monitor: str) -> TrainConfig:
         return replace(self.config, monitor=monitor)
