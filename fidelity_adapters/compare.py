@@ -282,7 +282,8 @@ class Comparison:
             f"Data: {data}{_subsampling(s)}; structures per fidelity {counts}.",
             f"Split: Ko & Ong Fig. 2, held out {s.holdout_fraction:.0%} (half validation, half test), the same for every "
             f"strategy and fraction of a seed. Training: {s.epochs} epochs max, batch {s.batch_size}, lr {s.learning_rate}, "
-            f"force weight {s.force_weight}, backbone {s.backbone}, model options {s.model or 'defaults'}; transfer freezes {s.freeze}.",
+            f"force weight {s.force_weight}, backbone {s.backbone}, model options {s.model or 'defaults'}; "
+            f"transfer freezes {s.freeze}.",
             f"Machine: {machine()}.",
         ]
         return "\n\n".join(line for line in lines if line)
