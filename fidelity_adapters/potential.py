@@ -161,8 +161,10 @@ class Potential(nn.Module):
 def _edge_vectors(batch, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     """Vector from each edge's centre atom to its neighbour's periodic image."""
     centre, neighbour = batch.edge_index
-    shift_vectors = torch.einsum("ei,eij->ej", batch.edge_shift.to(pos.dtype), cell[batch.batch[centre]])
-    return pos[neighbour] + shift_vectors - pos[centre]
+    # index_select rather than [] indexing: its backward (index_add) is much faster on CPU
+    edge_cells = cell.index_select(0, batch.batch.index_select(0, centre))
+    shift_vectors = torch.einsum("ei,eij->ej", batch.edge_shift.to(pos.dtype), edge_cells)
+    return pos.index_select(0, neighbour) + shift_vectors - pos.index_select(0, centre)
 
 
 def wrap(
