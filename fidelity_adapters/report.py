@@ -133,26 +133,29 @@ def _save_figure(figure: Figure, path: Path) -> None:
 
 
 def _learning_curve(summary: list[dict], path: Path) -> None:
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    panels = figure.subplots(1, 2)
+    """MAE vs fraction per strategy: energy, and forces unless no test structure has them."""
+    metrics = [("energy_mae_per_atom", "test energy MAE (meV/atom)"), ("force_mae", "test force MAE (meV/Å)")]
+    metrics = [m for m in metrics if any(np.isfinite(row[f"{m[0]}_mean"]) for row in summary)] or metrics[:1]
+    figure = Figure(figsize=(5 * len(metrics), 4), layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, len(metrics)))
     lines: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in summary:
         lines[(row["strategy"], row["sampling"])].append(row)
     for (strategy, sampling), rows in lines.items():
         x = [100 * row["fraction"] for row in rows]
-        for panel, metric in zip(panels, ("energy_mae_per_atom", "force_mae")):
+        for panel, (metric, _) in zip(panels, metrics):
             y = [1000 * row[f"{metric}_mean"] for row in rows]
             err = [1000 * row[f"{metric}_std"] for row in rows]
             panel.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{strategy} ({sampling})")
     percents = sorted({100 * row["fraction"] for row in summary})
-    for panel, ylabel in zip(panels, ("test energy MAE (meV/atom)", "test force MAE (meV/Å)")):
+    for panel, (_, ylabel) in zip(panels, metrics):
         panel.set_xscale("log")
         panel.set_xticks(percents, [_percent(p / 100) for p in percents])
         panel.minorticks_off()
         panel.set_xlabel("high-fidelity training fraction (%)")
         panel.set_ylabel(ylabel)
         panel.grid(True, which="both", alpha=0.3)
-    panels[1].legend(fontsize="small")
+    panels[-1].legend(fontsize="small")
     _save_figure(figure, path)
 
 

@@ -200,3 +200,18 @@ def test_read_results_errors_name_the_file(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"title": "x"}))
     with pytest.raises(ValueError, match="records"):
         read_results(tmp_path)
+
+
+def test_energy_only_report_has_one_panel_and_dashes(tmp_path):
+    """CASPT2-like data: no force labels, so no empty force panel and '–' in the force column."""
+    from matplotlib.image import imread
+
+    records = [run("mfi", 0.1, seed, 1e-3 * (1 + seed), float("nan")) for seed in (0, 1)]
+    forces = [run("mfi", 0.1, seed, 1e-3, 4e-2) for seed in (0, 1)]
+    write_report(records, tmp_path / "e", title="energy only")
+    write_report(forces, tmp_path / "ef", title="with forces")
+    width_e = imread(tmp_path / "e" / "learning_curve.png").shape[1]
+    width_ef = imread(tmp_path / "ef" / "learning_curve.png").shape[1]
+    assert width_e < 0.6 * width_ef
+    row = [line for line in (tmp_path / "e" / "report.md").read_text().splitlines() if line.startswith("| mfi")][0]
+    assert row.rstrip().endswith("| – |") and "1.50 ± 0.71" in row
