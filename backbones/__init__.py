@@ -5,9 +5,16 @@ it needs at graph-building time, `node_features(...)` (invariant atom features t
 structures) and `injection_sites()` (where a fidelity vector can enter a backbone without a
 state, see fidelity_adapters/injection.py)."""
 
-from .m3gnet import M3GNet
-from .mace_style import MACEStyle
-from .nequip_style import NequIPStyle
+import torch
+
+if hasattr(torch.serialization, "add_safe_globals"):
+    # e3nn 0.4.4 (pinned by mace-torch) reads its constants.pt with torch.load, whose weights-only
+    # default (torch >= 2.6) refuses the slice objects in it: allow exactly that type, before e3nn loads
+    torch.serialization.add_safe_globals([slice])
+
+from .m3gnet import M3GNet  # noqa: E402
+from .mace_style import MACEStyle  # noqa: E402
+from .nequip_style import NequIPStyle  # noqa: E402
 
 BACKBONES = {"M3GNet": M3GNet, "MACEStyle": MACEStyle, "NequIPStyle": NequIPStyle}
 

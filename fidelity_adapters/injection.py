@@ -18,7 +18,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from e3nn import o3
+
+if hasattr(torch.serialization, "add_safe_globals"):
+    # e3nn 0.4.4 (pinned by mace-torch) reads its constants.pt with torch.load, whose weights-only
+    # default (torch >= 2.6) refuses the slice objects in it: allow exactly that type, before e3nn loads
+    torch.serialization.add_safe_globals([slice])
+from e3nn import o3  # noqa: E402
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -34,12 +39,14 @@ PLACES = {
 @dataclass(frozen=True)
 class InjectionSite:
     """Per-atom features (N, irreps.dim) passing through `module`: its output, or for a readout
-    its input (`on_input`); `index` picks one element of a tuple output (or argument)."""
+    its input (`on_input`); `index` picks one element of a tuple output (or argument), `key` one
+    entry of a dict (nequip's modules pass dicts; the hook returns a modified shallow copy)."""
 
     module: nn.Module
     irreps: str | o3.Irreps
     on_input: bool = False
     index: int | None = None
+    key: str | None = None
 
 
 class ScalarFiLM(nn.Module):
@@ -93,9 +100,9 @@ class FidelityInjector(nn.Module):
                 # partials of a bound method (not closures): a deep copy of the potential then
                 # hooks the copied injector, not this one
                 if site.on_input:
-                    site.module.register_forward_pre_hook(partial(self._on_input, film, site.index or 0))
+                    site.module.register_forward_pre_hook(partial(self._on_input, film, site.index or 0, site.key))
                 else:
-                    site.module.register_forward_hook(partial(self._on_output, film, site.index))
+                    site.module.register_forward_hook(partial(self._on_output, film, site.index, site.key))
 
     @contextmanager
     def fidelity(self, node_state: torch.Tensor):
@@ -106,23 +113,25 @@ class FidelityInjector(nn.Module):
         finally:
             self._node_state = None
 
-    def _modulate(self, film: ScalarFiLM, index: int | None, value):
+    def _modulate(self, film: ScalarFiLM, index: int | None, key: str | None, value):
         if self._node_state is None:
             raise RuntimeError(
                 f"a fidelity injection hook of {self.backbone_name} fired with no fidelity set: call the "
                 "backbone through its Potential (or inside injector.fidelity(...)); was it wrapped twice?"
             )
-        if index is None:
-            return film(value, self._node_state)
-        items = list(value)
-        items[index] = film(items[index], self._node_state)
-        return tuple(items)
+        if index is not None:
+            items = list(value)
+            items[index] = self._modulate(film, None, key, items[index])
+            return tuple(items)
+        if key is not None:
+            return {**value, key: film(value[key], self._node_state)}
+        return film(value, self._node_state)
 
-    def _on_output(self, film, index, module, args, output):
-        return self._modulate(film, index, output)
+    def _on_output(self, film, index, key, module, args, output):
+        return self._modulate(film, index, key, output)
 
-    def _on_input(self, film, index, module, args):
-        return self._modulate(film, index, args)
+    def _on_input(self, film, index, key, module, args):
+        return self._modulate(film, index, key, args)
 
 
 def _probe(potential) -> LabelledStructure:

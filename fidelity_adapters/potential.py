@@ -190,6 +190,9 @@ def wrap(
     n_heads = int(getattr(backbone, "n_heads", 1) or 1)
     if n_heads > 1 and n_heads != len(fidelities):
         raise ValueError(f"{type(backbone).__name__} has {n_heads} readout heads but {len(fidelities)} fidelities were given")
+    library = type(backbone).__module__.split(".")[0]
+    if library in ("mace", "nequip"):
+        raise TypeError(f"a {library} model needs its adapter: fidelity_adapters.third_party.wrap_third_party(model, ...)")
     injected = len(fidelities) > 1 and state_dim == 0 and n_heads == 1
     if injected and not hasattr(backbone, "injection_sites"):
         raise ValueError(

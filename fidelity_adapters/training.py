@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .data import LabelledStructure, fidelities_of
 from .potential import Potential
-from .serialization import atomic_write, save_potential
+from .serialization import atomic_write, metadata_of, save_potential
 
 
 @dataclass
@@ -131,6 +131,8 @@ def train(
     that way). `fit_references=False` keeps the reference energies and scale the potential
     already has, for a caller that fitted them itself."""
     config = config or TrainConfig()
+    if out_dir is not None:
+        metadata_of(potential)  # a model that cannot be saved fails now, not after its first epoch
     _check_data(potential, train_structures, val_structures, config)
     torch.manual_seed(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None

@@ -1,0 +1,84 @@
+"""Third-party e3nn models as backbones: mace-torch's MACE / ScaleShiftMACE and nequip's
+NequIP models, used unchanged (no fork of their code), with the fidelity injected by forward
+hooks (FidelityInjector, a FiLM on 0e channels) at the places they offer.
+
+    from fidelity_adapters.third_party import wrap_third_party, MaceBackbone
+    potential = wrap_third_party(mace_model, fidelities=["PBE", "SCAN"])        # detects mace / nequip
+    potential = wrap(MaceBackbone(mace_model), ["PBE", "SCAN"], ["H", "O"])     # the same, explicitly
+
+mace-torch (e3nn 0.4.4) and nequip (e3nn >= 0.6) cannot share an environment; importing this
+package imports neither. See docs/third_party.md for versions and limits.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from ..potential import Potential, wrap
+
+__all__ = ["MaceBackbone", "NequipBackbone", "adapt", "nequip_global_state", "wrap_third_party"]
+
+
+def __getattr__(name):  # lazy: `import fidelity_adapters.third_party` must not need mace or nequip
+    if name == "MaceBackbone":
+        from .mace import MaceBackbone
+
+        return MaceBackbone
+    if name in ("NequipBackbone", "nequip_global_state"):
+        from . import nequip
+
+        return getattr(nequip, name)
+    raise AttributeError(name)
+
+
+def _library_of(model: nn.Module) -> str | None:
+    for cls in type(model).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in ("mace", "nequip"):
+            return root
+    return None
+
+
+def adapt(model: nn.Module, elements: Sequence[int | str] | None = None, **options) -> nn.Module:
+    """The backbone adapter for a mace-torch or nequip model (an adapter is returned as is)."""
+    from .base import ThirdPartyBackbone
+
+    if isinstance(model, ThirdPartyBackbone):
+        return model
+    library = _library_of(model)
+    if library == "mace":
+        from .mace import MaceBackbone
+
+        return MaceBackbone(model, elements, **options)
+    if library == "nequip":
+        from .nequip import NequipBackbone
+
+        return NequipBackbone(model, elements, **options)
+    raise TypeError(
+        f"{type(model).__module__}.{type(model).__name__} is neither a mace-torch nor a nequip model; "
+        "wrap a backbone of this library with fidelity_adapters.wrap"
+    )
+
+
+def wrap_third_party(
+    model: nn.Module,
+    fidelities: Sequence[str],
+    elements: Sequence[int | str] | None = None,
+    inject: Sequence[str] | None = None,
+    inject_dim: int | None = None,
+    **options,
+) -> Potential:
+    """wrap() for a mace-torch / nequip model: adapt it, wrap it, and start every fidelity's
+    elemental reference energies at the model's own (mace E0s, nequip per-type shifts), which
+    the adapter removes from its per-atom energies. Before training, the wrapped model at any
+    fidelity then gives the model's own energy (plus the fidelity's FiLM, if injected);
+    training refits the references per fidelity as for any backbone. `options` go to the
+    adapter (mace: head=...)."""
+    backbone = adapt(model, elements, **options)
+    potential = wrap(backbone, fidelities, backbone.elements, inject=inject, inject_dim=inject_dim)
+    potential.fidelity_state.set_references(
+        backbone.reference_energies()[None].repeat(len(potential.fidelities), 0), float(potential.fidelity_state.scale)
+    )
+    return potential

@@ -1,0 +1,254 @@
+"""Real third-party models wrapped unchanged (fidelity_adapters.third_party): mace-torch's
+MACE / ScaleShiftMACE and nequip's NequIPGNNModel. The wrapped single-fidelity model gives the
+model's own energy, forces and stress (its own neighbour list and autograd, periodic or not);
+with two fidelities the FiLM injected by hooks keeps E(3) equivariance, changes the energy and
+gets gradients; a few epochs on bundled clusters lower the loss. The mace tests need the
+[mace] extra (e3nn 0.4.4: its own environment), the nequip tests the [nequip] one."""
+
+import importlib
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+from torch import nn
+from torch_geometric.data import Batch
+
+from conftest import water_dimer
+from fidelity_adapters import TrainConfig, save_potential, train, wrap
+from fidelity_adapters.bundled import water_clusters
+from fidelity_adapters.third_party import adapt, wrap_third_party
+
+E0 = {"H": -13.6, "O": -2041.8}  # large per-element offsets, as in trained models
+
+
+def require(library: str):
+    try:
+        return importlib.import_module(library)
+    except ImportError:
+        extra = "mace" if library == "mace" else "nequip"
+        pytest.skip(f"{library} is not installed (pip install -e '.[{extra}]'; see docs/third_party.md)")
+
+
+def tiny_mace(cls_name="ScaleShiftMACE", dtype=torch.float64):
+    require("mace")
+    from e3nn import o3
+    from mace import modules
+
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    options = dict(
+        r_max=4.0, num_bessel=6, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block, interaction_cls_first=block,
+        num_interactions=2, num_elements=2, hidden_irreps=o3.Irreps("8x0e+8x1o"), MLP_irreps=o3.Irreps("8x0e"),
+        atomic_energies=np.array([E0["H"], E0["O"]]), avg_num_neighbors=4.0, atomic_numbers=[1, 8], correlation=2,
+        gate=torch.nn.functional.silu, radial_MLP=[8],
+    )  # fmt: skip
+    if cls_name == "ScaleShiftMACE":
+        options.update(atomic_inter_scale=1.3, atomic_inter_shift=0.1)
+    default = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.set_default_dtype(dtype)  # mace builds in the default dtype
+        try:
+            return getattr(modules, cls_name)(**options)
+        finally:
+            torch.set_default_dtype(default)
+
+
+def tiny_nequip(dtype="float64", type_names=("H", "O")):
+    require("nequip")
+    from nequip.model import NequIPGNNModel
+
+    from fidelity_adapters.third_party import nequip_global_state
+
+    with nequip_global_state():
+        return NequIPGNNModel(
+            seed=0, model_dtype=dtype, type_names=list(type_names), r_max=4.0, num_layers=2, l_max=1, parity=True,
+            num_features=8, radial_mlp_depth=1, radial_mlp_width=8, avg_num_neighbors=4.0, per_type_energy_scales=1.2,
+            per_type_energy_shifts=dict(zip(type_names, E0.values())),
+        )  # fmt: skip
+
+
+MODELS = {"mace": tiny_mace, "mace-plain": lambda: tiny_mace("MACE"), "nequip": tiny_nequip}
+
+
+def periodic_water():
+    atoms = water_dimer()
+    atoms.cell = [[7.0, 0.0, 0.0], [1.0, 6.5, 0.0], [0.5, 0.8, 6.8]]  # triclinic; images within the cutoff
+    atoms.pbc = True
+    return atoms
+
+
+def own_prediction(model, atoms):
+    """Energy, forces and stress from the third-party model itself: its neighbour list, its autograd."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # both read positions in the default dtype: no float32 rounding
+    try:
+        return _own_prediction(model, atoms)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _own_prediction(model, atoms):
+    if type(model).__module__.startswith("mace"):
+        from mace import data as mace_data
+        from mace.tools import AtomicNumberTable, torch_geometric
+
+        config = mace_data.config_from_atoms(atoms)
+        item = mace_data.AtomicData.from_config(config, z_table=AtomicNumberTable([1, 8]), cutoff=float(model.r_max))
+        batch = next(iter(torch_geometric.dataloader.DataLoader([item], batch_size=1))).to_dict()
+        dtype = next(model.parameters()).dtype
+        batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        out = model(batch, compute_force=True, compute_stress=bool(atoms.pbc.any()))
+        return float(out["energy"][0].detach()), out["forces"].detach(), out["stress"][0].detach() if atoms.pbc.any() else None
+    from nequip.data import from_ase
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+    data = ChemicalSpeciesToAtomTypeMapper(model_type_names=["H", "O"])(from_ase(atoms))
+    data = NeighborListTransform(r_max=4.0)(data)
+    out = model(data)
+    assert data["pos"].dtype == torch.float64
+    stress = out["stress"].reshape(3, 3).detach() if atoms.pbc.any() else None
+    return float(out["total_energy"].detach().reshape(())), out["forces"].detach(), stress
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("periodic", [False, True])
+def test_single_fidelity_equals_the_model_itself(name, periodic):
+    model = MODELS[name]()
+    atoms = periodic_water() if periodic else water_dimer()
+    energy, forces, stress = own_prediction(model, atoms)
+    potential = wrap_third_party(model, ["PBE"])
+    assert potential.injector is None and potential.backbone.cutoff == 4.0
+    out = potential(potential.graph(atoms, "PBE"), forces=True, stress=periodic)
+    assert float(out["energy"][0]) == pytest.approx(energy, rel=1e-12, abs=1e-9)
+    torch.testing.assert_close(out["forces"], forces.to(out["forces"].dtype), rtol=0, atol=1e-9)
+    if periodic:
+        # mace "stress" = -virial / V, nequip "stress" = -virial / V too: both (1/V) dE/dstrain, as ours
+        torch.testing.assert_close(out["stress"][0], stress.to(out["stress"].dtype), rtol=0, atol=1e-9)
+    # the model's own offsets moved into our references: the network part has none of them
+    network = potential.backbone(Batch.from_data_list([potential.graph(atoms, "PBE")]), *_vectors(potential, atoms), None)
+    assert network.abs().max() < 50
+    offsets = torch.tensor([E0["H"], E0["O"]], dtype=torch.float64)
+    torch.testing.assert_close(potential.fidelity_state.elemental_energies[0], offsets)
+    # the model called directly afterwards is unchanged (mace's E0 is zeroed only inside our calls)
+    assert own_prediction(model, atoms)[0] == pytest.approx(energy, rel=1e-14)
+
+
+def _vectors(potential, atoms):
+    from fidelity_adapters.potential import _edge_vectors
+
+    batch = Batch.from_data_list([potential.graph(atoms, "PBE")])
+    return (_edge_vectors(batch, batch.pos.double(), batch.cell.double()),)
+
+
+@pytest.fixture(scope="module", params=["mace", "nequip"])
+def two_fidelities(request):
+    model = MODELS[request.param]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return wrap_third_party(model, ["PBE", "SCAN"], inject=("embedding", "messages", "readout"), inject_dim=8)
+
+
+def test_rotations_keep_energy_and_rotate_forces_and_stress(two_fidelities):
+    potential, atoms = two_fidelities, periodic_water()
+    base = potential(potential.graph(atoms, "SCAN"), stress=True)
+    rotation = Rotation.random(random_state=3).as_matrix()
+    for matrix in (rotation, -rotation):  # proper, then improper
+        moved = atoms.copy()
+        moved.positions, moved.cell = atoms.positions @ matrix.T, atoms.cell.array @ matrix.T
+        out = potential(potential.graph(moved, "SCAN"), stress=True)
+        r = torch.tensor(matrix)
+        torch.testing.assert_close(out["energy"], base["energy"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(out["forces"], base["forces"] @ r.T, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out["stress"][0], r @ base["stress"][0] @ r.T, rtol=0, atol=1e-5)
+        # the stress tensor's invariants do not change
+        eigenvalues = [torch.linalg.eigvalsh(o["stress"][0]) for o in (out, base)]
+        torch.testing.assert_close(*eigenvalues, rtol=0, atol=1e-5)
+    assert base["forces"].abs().max() > 1e-3
+
+
+def test_fidelity_changes_energy_and_gets_gradients(two_fidelities):
+    potential = two_fidelities
+    assert sorted(potential.injector.films) == ["embedding", "messages", "readout"]
+    dimer = water_dimer()
+    batch = Batch.from_data_list([potential.graph(dimer, f) for f in ("PBE", "SCAN")])
+    out = potential(batch, forces=True, training=True)
+    assert abs(float(out["energy"][0] - out["energy"][1])) > 1e-6  # references equal: the network differs
+    assert (out["forces"][:6] - out["forces"][6:]).abs().max() > 1e-6
+    weight = potential.fidelity_state.embedding.weight
+    loss = out["energy"].sum() + out["forces"].pow(2).sum()  # a force loss: double backward through the hooks
+    grads = torch.autograd.grad(loss, [weight, *potential.injector.parameters()])
+    assert bool(grads[0].abs().sum(1).gt(0).all()) and all(g.abs().sum() > 0 for g in grads[1:])
+
+
+@pytest.mark.parametrize("name", ["mace", "nequip"])
+def test_training_loss_falls(name):
+    data = water_clusters()
+    pbe = [s for s in data if s.fidelity == "PBE"][:8]
+    scan = [s for s in data if s.fidelity == "SCAN"][8:14]
+    train_set, val_set = pbe[:6] + scan[:4], pbe[6:] + scan[4:]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        potential = wrap_third_party(MODELS[name](), ["PBE", "SCAN"], inject_dim=8)
+    result = train(potential, train_set, val_set, TrainConfig(max_epochs=6, batch_size=5, learning_rate=1e-2, progress=False))
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.95 * losses[0] and result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+@pytest.mark.parametrize("name", ["mace", "nequip"])
+def test_explicit_adapter_errors_and_no_save(name, tmp_path, monkeypatch):
+    model = MODELS[name]()
+    backbone = adapt(model)
+    assert adapt(backbone) is backbone and backbone.config["n_elements"] == 2
+    with torch.random.fork_rng(devices=[]):
+        potential = wrap(backbone, ["PBE", "SCAN"], ["H", "O"])  # plain wrap: references start at zero
+    assert potential.injector.places == ["messages"] and not potential.fidelity_state.elemental_energies.any()
+    with pytest.raises(ValueError, match="element"):
+        adapt(MODELS[name](), ["H", "C"])
+    with pytest.raises(ValueError, match=r"known places: \['embedding', 'messages', 'readout'\]"):
+        wrap_third_party(MODELS[name](), ["PBE", "SCAN"], inject=("edges",))
+    other = adapt(MODELS[name]())
+    monkeypatch.setattr(type(other), "injection_sites", lambda self: {"messages": [], "readout": []})
+    with pytest.raises(ValueError, match=r"has no 'messages' injection site; it offers \[\]"):
+        wrap(other, ["PBE", "SCAN"], ["H", "O"])
+    with pytest.raises(ValueError, match="not in backbones.BACKBONES and cannot be saved"):
+        save_potential(potential, tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+    with pytest.raises(ValueError, match="cannot be saved"):  # before the first epoch, not after it
+        train(potential, [], [], TrainConfig(max_epochs=1), out_dir=tmp_path / "run")
+    with pytest.raises(TypeError, match="needs its adapter"):
+        wrap(MODELS[name](), ["PBE", "SCAN"], ["H", "O"])
+
+
+def test_wrap_third_party_refuses_other_models():
+    with pytest.raises(TypeError, match="neither a mace-torch nor a nequip model"):
+        wrap_third_party(nn.Linear(2, 2), ["PBE"])
+
+
+def test_nequip_type_names_and_global_state():
+    require("nequip")
+    dtype, state, np_state, py_state = torch.get_default_dtype(), torch.get_rng_state(), np.random.get_state(), random.getstate()
+    model = tiny_nequip(type_names=("hydrogen", "oxygen"))
+    assert torch.get_default_dtype() == dtype and torch.equal(torch.get_rng_state(), state)
+    assert np.array_equal(np.random.get_state()[1], np_state[1]) and random.getstate() == py_state
+    with pytest.raises(ValueError, match="not chemical symbols"):
+        adapt(model)
+    backbone = adapt(model, ["H", "O"])
+    assert backbone.reference_energies().tolist() == [E0["H"], E0["O"]]
+
+
+def test_our_packages_import_first_under_e3nn_0_4_4():
+    """e3nn 0.4.4 (mace's pin) cannot be imported under torch >= 2.6's weights-only torch.load
+    unless `slice` is allowlisted: our packages do that before they import e3nn, so they work
+    whether or not mace was imported first (mace itself sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)."""
+    e3nn = require("e3nn")
+    if tuple(int(x) for x in e3nn.__version__.split(".")[:2]) >= (0, 5):
+        pytest.skip(f"e3nn {e3nn.__version__} imports under weights-only loading; the check is for 0.4.4 ([mace] env)")
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}  # mace may have set it here
+    for module in ("fidelity_adapters", "backbones"):
+        run = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, f"import {module} under e3nn 0.4.4 failed:\n{run.stderr[-2000:]}"
