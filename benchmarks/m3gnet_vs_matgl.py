@@ -475,15 +475,11 @@ def top_ops(impl, atoms, n=10):
 
 
 def machine_header(args):
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or "unknown"
     import matgl
+
+    from fidelity_adapters.compare import cpu_model
+
+    model = cpu_model()
 
     lines = [
         f"- machine: {os.cpu_count()} logical cores, {model}; {platform.system()} {platform.release()}",

@@ -120,16 +120,19 @@ def load_data(settings: CompareSettings) -> list[LabelledStructure]:
     return structures
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), for reports and benchmarks."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({model}), torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__}, {torch.get_num_threads()} torch threads"
 
 
 def _percent(fraction: float) -> str:

@@ -78,6 +78,8 @@ class Potential(nn.Module):
         """Call a backbone method with each structure's fidelity vector: as the global state,
         or per atom on the injector's hooks (the backbone then gets no state)."""
         state = self.fidelity_state(batch.fidelity)
+        if state is not None:  # the embedding may have been left in another precision than the backbone
+            state = state.to(self.dtype)
         if self.injector is None:
             return method(batch, edge_vectors, state)
         with self.injector.fidelity(state[batch.batch]):
@@ -190,8 +192,10 @@ def wrap(
     n_heads = int(getattr(backbone, "n_heads", 1) or 1)
     if n_heads > 1 and n_heads != len(fidelities):
         raise ValueError(f"{type(backbone).__name__} has {n_heads} readout heads but {len(fidelities)} fidelities were given")
-    library = type(backbone).__module__.split(".")[0]
-    if library in ("mace", "nequip"):
+    from .third_party import library_of  # here: third_party imports this module
+
+    library = library_of(backbone)
+    if library is not None:
         raise TypeError(f"a {library} model needs its adapter: fidelity_adapters.third_party.wrap_third_party(model, ...)")
     injected = len(fidelities) > 1 and state_dim == 0 and n_heads == 1
     if injected and not hasattr(backbone, "injection_sites"):

@@ -93,8 +93,6 @@ class M3GNet(nn.Module):
         three_body_cutoff = polynomial_cutoff(lengths, self.three_body_cutoff)
 
         nodes = self.atom_embedding(graph.species)
-        if state is not None:  # the fidelity embedding may be kept in another precision
-            state = state.to(nodes.dtype)
         edges = self.bond_embedding(radial)
         for three_body, block in zip(self.three_body, self.blocks):
             edges = three_body(nodes, edges, edge_index[1], graph.triplet_edge_ids, three_body_basis, three_body_cutoff)

@@ -33,7 +33,8 @@ def __getattr__(name):  # lazy: `import fidelity_adapters.third_party` must not 
     raise AttributeError(name)
 
 
-def _library_of(model: nn.Module) -> str | None:
+def library_of(model: nn.Module) -> str | None:
+    """'mace' or 'nequip' if the model's class (or a base class) comes from that package."""
     for cls in type(model).__mro__:
         root = cls.__module__.split(".")[0]
         if root in ("mace", "nequip"):
@@ -47,7 +48,7 @@ def adapt(model: nn.Module, elements: Sequence[int | str] | None = None, **optio
 
     if isinstance(model, ThirdPartyBackbone):
         return model
-    library = _library_of(model)
+    library = library_of(model)
     if library == "mace":
         from .mace import MaceBackbone
 
