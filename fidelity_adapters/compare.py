@@ -42,7 +42,8 @@ SMALL_MODEL = {"node_dim": 16, "edge_dim": 16, "hidden": [16], "readout_hidden":
 
 @dataclass
 class CompareSettings:
-    data: list[str] = field(default_factory=list)  # extxyz files; empty: the bundled PBE/SCAN water clusters
+    # extxyz files, each a path or {path, start, every, limit}; empty: the bundled PBE/SCAN water clusters
+    data: list[str | dict] = field(default_factory=list)
     lofi: list[str] = field(default_factory=lambda: ["PBE"])
     hifi: str = "SCAN"
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
@@ -50,8 +51,8 @@ class CompareSettings:
     strategy_fractions: dict[str, list[float]] = field(default_factory=dict)  # per-strategy fractions, e.g. single
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sampling: list[str] = field(default_factory=lambda: ["random"])
-    every: int = 1  # keep every n-th frame of each data file
-    limit: int | None = None  # at most this many frames per file
+    every: int = 1  # keep every n-th frame of each data file (a file's own `every` wins)
+    limit: int | None = None  # at most this many frames per file (a file's own `limit` wins)
     geometries: int | None = None  # at most this many geometries (struct_id) overall, all their labels kept
     holdout_fraction: float = 0.2
     epochs: int = 100
@@ -86,6 +87,7 @@ class CompareSettings:
         return list(self.strategy_fractions.get(strategy, self.fractions))
 
     def check(self) -> None:
+        data_files(self)
         for name in (*self.strategies, *self.strategy_fractions):
             if name not in STRATEGIES:
                 raise ValueError(f"unknown strategy {name!r}; known: {list(STRATEGIES)}")
@@ -103,14 +105,30 @@ class CompareSettings:
 QUICK = {"epochs": 2, "fractions": [0.05, 0.1], "strategy_fractions": {}, "seeds": [0], "batch_size": 8, "model": SMALL_MODEL}
 
 
+FILE_OPTIONS = ("path", "start", "every", "limit")
+
+
+def data_files(settings: CompareSettings) -> list[dict]:
+    """Each data entry as {path, start, every, limit}: a plain path takes the sweep-wide
+    `every`/`limit`, a mapping may set its own (files differ in size and frame order)."""
+    files = []
+    for k, entry in enumerate(settings.data):
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+        unknown = sorted(set(entry) - set(FILE_OPTIONS))
+        if unknown or "path" not in entry:
+            raise ValueError(f"data entry {k}: {entry} needs a path and only {list(FILE_OPTIONS)} (unknown: {unknown})")
+        files.append({"start": 0, "every": settings.every, "limit": settings.limit, **entry})
+    return files
+
+
 def load_data(settings: CompareSettings) -> list[LabelledStructure]:
     if not settings.data:
         from .bundled import water_clusters
 
         return water_clusters()
     structures = []
-    for path in settings.data:
-        structures.extend(read_structures(path, every=settings.every, limit=settings.limit))
+    for file in data_files(settings):
+        structures.extend(read_structures(file["path"], every=file["every"], limit=file["limit"], start=file["start"]))
     if settings.geometries is not None:
         structures = subsample_geometries(structures, settings.geometries)
     found = fidelities_of(structures)
@@ -139,11 +157,18 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:g}"
 
 
-def _subsampling(s: CompareSettings) -> str:
-    parts = [f"every {s.every}th frame" if s.every > 1 else "", f"at most {s.limit} frames per file" if s.limit else "",
-             f"{s.geometries} geometries evenly spread" if s.geometries else ""]  # fmt: skip
+def _describe_file(file: dict) -> str:
+    parts = [f"from frame {file['start']}" if file["start"] else "", f"one frame in {file['every']}" if file["every"] > 1 else "",
+             f"at most {file['limit']} frames" if file["limit"] else ""]  # fmt: skip
     used = [p for p in parts if p]
-    return f" (subsampled: {', '.join(used)})" if used else ""
+    return f"{file['path']} ({', '.join(used)})" if used else file["path"]
+
+
+def _describe_data(s: CompareSettings) -> str:
+    if not s.data:
+        return "bundled water clusters (fidelity_adapters/data_files)"
+    files = ", ".join(_describe_file(file) for file in data_files(s))
+    return files + (f"; {s.geometries} geometries evenly spread" if s.geometries else "")
 
 
 def _no_choice(split: Split, method: str) -> str:
@@ -279,10 +304,9 @@ class Comparison:
     def header(self) -> str:
         s = self.settings
         counts = {name: sum(x.fidelity == name for x in self.structures) for name in fidelities_of(self.structures)}
-        data = ", ".join(s.data) if s.data else "bundled water clusters (fidelity_adapters/data_files)"
         lines = [
             f"Command: `{self.command}`" if self.command else "",
-            f"Data: {data}{_subsampling(s)}; structures per fidelity {counts}.",
+            f"Data: {_describe_data(s)}; structures per fidelity {counts}.",
             f"Split: Ko & Ong Fig. 2, held out {s.holdout_fraction:.0%} (half validation, half test), the same for every "
             f"strategy and fraction of a seed. Training: {s.epochs} epochs max, batch {s.batch_size}, lr {s.learning_rate}, "
             f"force weight {s.force_weight}, backbone {s.backbone}, model options {s.model or 'defaults'}; "

@@ -106,9 +106,9 @@ def from_pymatgen(
     return result
 
 
-def _frames(path: Path, every: int, limit: int | None) -> Iterator[tuple[int, Atoms]]:
+def _frames(path: Path, every: int, limit: int | None, start: int = 0) -> Iterator[tuple[int, Atoms]]:
     """Stream extxyz frames one at a time (ASE's reader indexes the whole file first, which
-    takes minutes on the large public water sets); parse only every `every`-th frame."""
+    takes minutes on the large public water sets); parse only the frames kept."""
     opener = gzip.open if path.suffix == ".gz" else open
     taken = 0
     with opener(path, "rt") as handle:
@@ -121,7 +121,7 @@ def _frames(path: Path, every: int, limit: int | None) -> Iterator[tuple[int, At
             except ValueError:
                 raise ValueError(f"{path.name}:{index}: expected an atom count, found {header.strip()[:40]!r}") from None
             lines = [header, *(handle.readline() for _ in range(n_atoms + 1))]
-            if index % every:
+            if index < start or (index - start) % every:
                 continue
             yield index, read(io.StringIO("".join(lines)), format="extxyz")
             taken += 1
@@ -130,16 +130,19 @@ def _frames(path: Path, every: int, limit: int | None) -> Iterator[tuple[int, At
 
 
 def read_structures(
-    path: str | os.PathLike, fidelity: str | None = None, every: int = 1, limit: int | None = None
+    path: str | os.PathLike, fidelity: str | None = None, every: int = 1, limit: int | None = None, start: int = 0
 ) -> list[LabelledStructure]:
     """Read an extxyz file (plain or .gz); fidelity from the argument or each frame's info.
 
-    `every` keeps every n-th frame and `limit` stops after that many, to subsample the
-    large public sets without reading them whole."""
+    Frames `start`, `start + every`, ... are kept, at most `limit` of them, to subsample the
+    large public sets without parsing them whole. Labels keep the frame's index in the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
-    return [from_atoms(a, fidelity=fidelity, label=f"{path.name}:{k}") for k, a in _frames(path, every, limit)]
+    if every < 1 or start < 0 or (limit is not None and limit < 1):
+        raise ValueError(f"{path}: every must be >= 1, start >= 0 and limit >= 1 (got {every}, {start}, {limit})")
+    frames = _frames(path, every, limit, start)
+    return [from_atoms(a, fidelity=fidelity, label=f"{path.name}:{k}") for k, a in frames]
 
 
 def load_structures(source, fidelity: str | None = None) -> list[LabelledStructure]:

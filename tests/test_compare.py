@@ -91,6 +91,17 @@ def test_bad_settings_are_named(cu_file, tmp_path):
         Comparison(tiny(cu_file, hifi="SCAN"), tmp_path / "c")
     with pytest.raises(ValueError, match="only"):
         Comparison(tiny(cu_file, fractions=[0.9]), tmp_path / "d").run()
+    with pytest.raises(ValueError, match=r"data entry 0: .*unknown: \['stride'\]"):
+        Comparison(tiny(cu_file, data=[{"path": str(cu_file), "stride": 2}]), tmp_path / "e")
+
+
+def test_each_data_file_can_be_subsampled_on_its_own(cu_file, tmp_path):
+    """Paired Cu file: frames alternate lo, hi. The hi frames from frame 11 on, plus the lo ones."""
+    only_late_hi = tiny(cu_file, data=[{"path": str(cu_file), "start": 11, "every": 2}, str(cu_file)], every=2)
+    comparison = Comparison(only_late_hi, tmp_path / "sweep")
+    labels = [s.label for s in comparison.structures]
+    assert labels == [f"cu.extxyz:{k}" for k in [*range(11, 40, 2), *range(0, 40, 2)]]  # the second: sweep-wide every
+    assert "cu.extxyz (from frame 11, one frame in 2)" in comparison.header()
 
 
 def test_cli_compare_reads_yaml_and_flags(cu_file, tmp_path, capsys):

@@ -128,6 +128,10 @@ def test_every_and_limit_subsample_a_file(tmp_path):
     picked = read_structures(tmp_path / "many.extxyz", every=3, limit=3)
     assert [s.energy for s in picked] == [-1000.0, -1003.0, -1006.0]
     assert [s.label for s in picked] == ["many.extxyz:0", "many.extxyz:3", "many.extxyz:6"]
+    later = read_structures(tmp_path / "many.extxyz", start=7, every=2)
+    assert [s.label for s in later] == ["many.extxyz:7", "many.extxyz:9"]
+    with pytest.raises(ValueError, match="many.extxyz: every must be >= 1"):
+        read_structures(tmp_path / "many.extxyz", every=0)
 
 
 def test_corrupt_extxyz_names_the_frame(tmp_path):
