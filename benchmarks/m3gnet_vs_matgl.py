@@ -514,6 +514,7 @@ def main(argv=None):
     parser.add_argument("--same-size", action="store_true", help="give ours matgl's MLP depths (identical parameter counts)")
     parser.add_argument("--profile", action="store_true", help="break our E+F call at 216 and 1728 atoms into its parts")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-children", type=int, default=3, help="fresh subprocesses per side for the memory row (median)")
     parser.add_argument("--note", default="", help="a line added to the header (e.g. 'busy machine')")
     parser.add_argument("--out", default=None, help="also write the markdown to this file")
     parser.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
@@ -598,14 +599,21 @@ def main(argv=None):
     memory = {}
     if not args.no_memory:
         log(f"[{time.perf_counter() - started:7.1f}s] memory ({memory_atoms} atoms, subprocesses)")
-        memory = {name: measure_memory(name, memory_atoms, args) for name in ("ours", "matgl")}
-        mib = {k: (v["peak_minus_baseline_mib"] if v else None) for k, v in memory.items()}
-        rows.append(("peak RSS of one E+F call above baseline (MiB)", f"Si {memory_atoms}", memory_atoms,
+        # glibc's heap makes one child's peak vary by +-5 %: median of several, interleaved
+        children = {"ours": [], "matgl": []}
+        for _ in range(args.memory_children):
+            for name in children:
+                children[name].append(measure_memory(name, memory_atoms, args))
+        peaks = {k: [r["peak_minus_baseline_mib"] for r in runs] for k, runs in children.items() if None not in runs}
+        memory = {k: children[k] for k in peaks}
+        mib = {k: statistics.median(peaks[k]) if k in peaks else None for k in children}
+        log("memory children, MiB: " + "; ".join(f"{k} {sorted(round(v) for v in values)}" for k, values in peaks.items()))
+        rows.append((f"peak RSS of one E+F call above baseline (MiB, median of {args.memory_children})", f"Si {memory_atoms}", memory_atoms,
                      f"{mib['ours']:.0f}" if mib["ours"] is not None else "failed",
                      f"{mib['matgl']:.0f}" if mib["matgl"] is not None else "failed",
                      memory_ratio(mib["ours"], mib["matgl"])))  # fmt: skip
-        if args.device == "cuda" and all(memory.values()):
-            c = {k: v.get("cuda_peak_mib") for k, v in memory.items()}
+        if args.device == "cuda" and len(memory) == 2:
+            c = {k: statistics.median(r["cuda_peak_mib"] for r in runs) for k, runs in memory.items()}
             rows.append(("peak CUDA memory allocated, E+F (MiB)", f"Si {memory_atoms}", memory_atoms, f"{c['ours']:.0f}",
                          f"{c['matgl']:.0f}", memory_ratio(c["ours"], c["matgl"])))  # fmt: skip
 
@@ -638,7 +646,8 @@ def main(argv=None):
             "Our triplets live in the graphs, built once, so both rows compare with the same measurement of ours.",
             "- memory: a fresh subprocess per implementation builds the model and the graph, warms up on 8 atoms, "
             "then reads VmRSS (baseline), resets the high-water mark (/proc/self/clear_refs) and reports VmHWM "
-            "minus baseline after one energy + forces call (ru_maxrss where the reset is not allowed).", ""]  # fmt: skip
+            "minus baseline after one energy + forces call (ru_maxrss where the reset is not allowed); the row is the "
+            "median over --memory-children such subprocesses per side.", ""]  # fmt: skip
     if memory:
         out += ["Memory details: `" + json.dumps(memory) + "`", ""]
 

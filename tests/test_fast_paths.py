@@ -130,3 +130,28 @@ def test_three_body_radial_per_edge_equals_per_triplet():
         axis=1,
     )  # fmt: skip
     assert np.allclose(gathered, plain, atol=1e-10)
+
+
+def test_inference_forces_keep_no_tensors_for_weight_gradients(monkeypatch):
+    """An E+F call with training=False does not record what weight gradients would need
+    (less memory), gives the same forces, and leaves each parameter's requires_grad as it
+    was, a frozen (transfer-learning) layer included."""
+    import fidelity_adapters.potential as potential_module
+
+    potential = m3gnet_potential(["Si"], ["PBE"])
+    potential.backbone.atom_embedding.weight.requires_grad_(False)
+    flags = {name: p.requires_grad for name, p in potential.named_parameters()}
+    graph = potential.graph(rattled_cubic_si_64(), "PBE")
+
+    def forces_and_saved_numbers():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            forces = potential(graph, forces=True, stress=True)["forces"]
+        return forces, sum(saved)
+
+    forces, saved = forces_and_saved_numbers()
+    assert {name: p.requires_grad for name, p in potential.named_parameters()} == flags
+    monkeypatch.setattr(potential_module, "_parameters_frozen", lambda module: potential_module.nullcontext())
+    plain_forces, plain_saved = forces_and_saved_numbers()
+    assert torch.allclose(forces, plain_forces, atol=1e-6)
+    assert saved < 0.9 * plain_saved

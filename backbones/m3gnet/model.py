@@ -91,10 +91,11 @@ class M3GNet(nn.Module):
         three_body_radial = self.three_body_basis.radial(lengths).index_select(0, ik)
         three_body_basis = self.three_body_basis.with_angles(three_body_radial, cos_theta.clamp(-1.0, 1.0))
         three_body_cutoff = polynomial_cutoff(lengths, self.three_body_cutoff)
+        weighted_basis = three_body_basis * (three_body_cutoff.index_select(0, ij) * three_body_cutoff.index_select(0, ik))[:, None]
 
         nodes = self.atom_embedding(graph.species)
         edges = self.bond_embedding(radial)
         for three_body, block in zip(self.three_body, self.blocks):
-            edges = three_body(nodes, edges, edge_index[1], graph.triplet_edge_ids, three_body_basis, three_body_cutoff)
+            edges = three_body(nodes, edges, edge_index[1], graph.triplet_edge_ids, weighted_basis)
             nodes, edges, state = block(nodes, edges, state, edge_index, edge_graph, node_graph, radial, n_graphs)
         return nodes
