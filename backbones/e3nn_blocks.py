@@ -16,6 +16,7 @@ import torch
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet
 from torch import nn
+from torch.nn import functional as F
 
 from .m3gnet.basis import polynomial_cutoff
 
@@ -89,3 +90,29 @@ class ScalarReadout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.linear(x)).squeeze(-1)
+
+
+class E3nnBackbone(nn.Module):
+    """What the e3nn backbones share: no global state (wrap() injects the fidelity instead),
+    one readout head, the edge embedding, and elements embedded as `channels` x 0e."""
+
+    def __init__(self, n_elements: int, cutoff: float, channels: int, lmax: int, n_basis: int, config: dict):
+        super().__init__()
+        self.config = config
+        self.cutoff = cutoff
+        self.state_dim = 0
+        self.n_heads = 1
+        self.n_elements = n_elements
+        self.edges = EdgeEmbedding(lmax, n_basis, cutoff)
+        self.embedding = nn.Embedding(n_elements, channels)
+        self.irreps_embedding = o3.Irreps(f"{channels}x0e")
+
+    def embed(self, graph, edge_vectors: torch.Tensor, state: torch.Tensor | None):
+        """Edge harmonics and radial basis, embedded atoms, and the species one-hot that the
+        self-interactions take."""
+        if state is not None:
+            name = type(self).__name__
+            raise ValueError(f"{name} has no global state input (state_dim=0); wrap() injects the fidelity instead")
+        sh, radial = self.edges(edge_vectors)
+        h = self.embedding(graph.species)
+        return sh, radial, h, F.one_hot(graph.species, self.n_elements).to(h.dtype)

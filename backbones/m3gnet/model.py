@@ -91,7 +91,8 @@ class M3GNet(nn.Module):
         three_body_radial = self.three_body_basis.radial(lengths).index_select(0, ik)
         three_body_basis = self.three_body_basis.with_angles(three_body_radial, cos_theta.clamp(-1.0, 1.0))
         three_body_cutoff = polynomial_cutoff(lengths, self.three_body_cutoff)
-        weighted_basis = three_body_basis * (three_body_cutoff.index_select(0, ij) * three_body_cutoff.index_select(0, ik))[:, None]
+        triplet_cutoff = three_body_cutoff.index_select(0, ij) * three_body_cutoff.index_select(0, ik)
+        weighted_basis = three_body_basis * triplet_cutoff[:, None]
 
         nodes = self.atom_embedding(graph.species)
         edges = self.bond_embedding(radial)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from e3nn import o3
 from torch import nn
-from torch.nn import functional as F
 
-from ..e3nn_blocks import Convolution, EdgeEmbedding, ScalarReadout, invariant_part, natural_irreps
+from ..e3nn_blocks import Convolution, E3nnBackbone, ScalarReadout, invariant_part, natural_irreps
 
 
 def channelwise_product(irreps1: o3.Irreps, irreps2: o3.Irreps, keep: o3.Irreps, same: bool) -> o3.TensorProduct:
@@ -86,7 +85,7 @@ class MACELayer(nn.Module):
         return self.product(a) + self.residual(h, species_one_hot)
 
 
-class MACEStyle(nn.Module):
+class MACEStyle(E3nnBackbone):
     """Per-atom energies from a graph. Messages carry `channels` x (0e, 1o, ..., lmax); the
     hidden features between layers `channels` x (0e, ..., hidden_lmax)."""
 
@@ -104,21 +103,14 @@ class MACEStyle(nn.Module):
         readout_hidden: int = 16,
         avg_neighbors: float = 10.0,
     ):
-        super().__init__()
         if not 0 <= hidden_lmax <= lmax:
             raise ValueError(f"hidden_lmax must be between 0 and lmax={lmax}, got {hidden_lmax}")
-        self.config = dict(
+        config = dict(
             n_elements=n_elements, cutoff=cutoff, channels=channels, lmax=lmax, hidden_lmax=hidden_lmax,
             correlation=correlation, n_layers=n_layers, n_basis=n_basis, radial_hidden=radial_hidden,
             readout_hidden=readout_hidden, avg_neighbors=avg_neighbors,
         )  # fmt: skip
-        self.cutoff = cutoff
-        self.state_dim = 0
-        self.n_heads = 1
-        self.n_elements = n_elements
-        self.edges = EdgeEmbedding(lmax, n_basis, cutoff)
-        self.embedding = nn.Embedding(n_elements, channels)
-        self.irreps_embedding = o3.Irreps(f"{channels}x0e")
+        super().__init__(n_elements, cutoff, channels, lmax, n_basis, config)
         self.irreps = natural_irreps(channels, hidden_lmax)
         irreps_a, sh, irreps_in = natural_irreps(channels, lmax), self.edges.irreps_sh, self.irreps_embedding
         self.layers = nn.ModuleList()
@@ -138,11 +130,7 @@ class MACEStyle(nn.Module):
 
     def layer_features(self, graph, edge_vectors: torch.Tensor, state: torch.Tensor | None) -> list[torch.Tensor]:
         """Equivariant atom features (N, irreps.dim) after each layer."""
-        if state is not None:
-            raise ValueError("MACEStyle has no global state input (state_dim=0); wrap() injects the fidelity instead")
-        sh, radial = self.edges(edge_vectors)
-        h = self.embedding(graph.species)
-        species = F.one_hot(graph.species, self.n_elements).to(h.dtype)
+        sh, radial, h, species = self.embed(graph, edge_vectors, state)
         features = []
         for layer in self.layers:
             h = layer(h, species, sh, radial, graph.edge_index)

@@ -17,7 +17,7 @@ from e3nn.nn import Gate
 from torch import nn
 from torch.nn import functional as F
 
-from ..e3nn_blocks import Convolution, EdgeEmbedding, ScalarReadout, invariant_part, natural_irreps
+from ..e3nn_blocks import Convolution, E3nnBackbone, ScalarReadout, invariant_part, natural_irreps
 
 
 class InteractionBlock(nn.Module):
@@ -51,7 +51,7 @@ class InteractionBlock(nn.Module):
         return out + h if self.residual else out
 
 
-class NequIPStyle(nn.Module):
+class NequIPStyle(E3nnBackbone):
     """Per-atom energies from a graph; hidden features are `channels` x (0e, 1o, ..., lmax)."""
 
     def __init__(
@@ -66,20 +66,13 @@ class NequIPStyle(nn.Module):
         readout_hidden: int = 16,
         avg_neighbors: float = 10.0,
     ):
-        super().__init__()
         if lmax < 1:
             raise ValueError(f"lmax must be at least 1 for an equivariant model, got {lmax}")
-        self.config = dict(
+        config = dict(
             n_elements=n_elements, cutoff=cutoff, channels=channels, lmax=lmax, n_layers=n_layers, n_basis=n_basis,
             radial_hidden=radial_hidden, readout_hidden=readout_hidden, avg_neighbors=avg_neighbors,
         )  # fmt: skip
-        self.cutoff = cutoff
-        self.state_dim = 0
-        self.n_heads = 1
-        self.n_elements = n_elements
-        self.edges = EdgeEmbedding(lmax, n_basis, cutoff)
-        self.embedding = nn.Embedding(n_elements, channels)
-        self.irreps_embedding = o3.Irreps(f"{channels}x0e")
+        super().__init__(n_elements, cutoff, channels, lmax, n_basis, config)
         hidden, sh, irreps, blocks = natural_irreps(channels, lmax), self.edges.irreps_sh, self.irreps_embedding, []
         for _ in range(n_layers):
             blocks.append(InteractionBlock(irreps, hidden, sh, n_elements, n_basis, radial_hidden, avg_neighbors))
@@ -97,11 +90,7 @@ class NequIPStyle(nn.Module):
 
     def equivariant_features(self, graph, edge_vectors: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         """Atom features after the last block (N, irreps.dim)."""
-        if state is not None:
-            raise ValueError("NequIPStyle has no global state input (state_dim=0); wrap() injects the fidelity instead")
-        sh, radial = self.edges(edge_vectors)
-        h = self.embedding(graph.species)
-        species = F.one_hot(graph.species, self.n_elements).to(h.dtype)
+        sh, radial, h, species = self.embed(graph, edge_vectors, state)
         for block in self.blocks:
             h = block(h, species, sh, radial, graph.edge_index)
         return h
