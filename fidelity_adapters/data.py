@@ -20,7 +20,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import read
 
-from .neighbors import neighbor_list
+from .neighbors import neighbor_list_and_closest
 
 MIN_DISTANCE = 0.1  # Angstrom; closer atoms are an input error, not physics
 
@@ -167,8 +167,10 @@ def load_structures(source, fidelity: str | None = None) -> list[LabelledStructu
     return out
 
 
-def validate(structure: LabelledStructure) -> None:
-    """Raise ValueError naming the structure if its geometry or labels are unusable."""
+def validate(structure: LabelledStructure, overlaps: bool = True) -> None:
+    """Raise ValueError naming the structure if its geometry or labels are unusable.
+    `overlaps=False` leaves the closest-pair check to a caller that builds a neighbour list
+    anyway (check_closest_pair)."""
     s = structure
     if len(s) == 0:
         raise ValueError(f"{s.label}: structure has no atoms")
@@ -179,12 +181,20 @@ def validate(structure: LabelledStructure) -> None:
         raise ValueError(f"{s.label}: cell is NaN or infinite")
     if s.forces is not None and s.forces.shape != s.positions.shape:
         raise ValueError(f"{s.label}: forces have shape {s.forces.shape}, expected {s.positions.shape}")
-    i, j, shifts = neighbor_list(s.positions, s.cell, s.pbc, MIN_DISTANCE)
-    if len(i):
-        d = np.linalg.norm(s.positions[j] + shifts @ s.cell - s.positions[i], axis=1)
-        k = int(np.argmin(d))
+    if overlaps:
+        check_closest_pair(s, *neighbor_list_and_closest(s.positions, s.cell, s.pbc, MIN_DISTANCE))
+
+
+def check_closest_pair(structure: LabelledStructure, i, j, shifts, closest: int) -> None:
+    """Raise naming the structure and the atoms if the shortest edge of a neighbour list
+    (neighbor_list_and_closest) is shorter than MIN_DISTANCE."""
+    if closest < 0:
+        return
+    s, k = structure, closest
+    distance = float(np.linalg.norm(s.positions[j[k]] + shifts[k] @ s.cell - s.positions[i[k]]))
+    if distance < MIN_DISTANCE:
         raise ValueError(
-            f"{s.label}: atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} A apart (< {MIN_DISTANCE} A); "
+            f"{s.label}: atoms {int(i[k])} and {int(j[k])} are {distance:.3f} A apart (< {MIN_DISTANCE} A); "
             "check units and duplicated atoms"
         )
 

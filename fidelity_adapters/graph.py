@@ -15,8 +15,8 @@ import torch
 from ase.data import chemical_symbols
 from torch_geometric.data import Data
 
-from .data import LabelledStructure, validate
-from .neighbors import neighbor_list
+from .data import MIN_DISTANCE, LabelledStructure, check_closest_pair, validate
+from .neighbors import neighbor_list_and_closest
 
 
 class AtomicGraph(Data):
@@ -52,10 +52,12 @@ def build_graph(
 ) -> AtomicGraph:
     """Turn a labelled structure into an AtomicGraph with edges to `cutoff` (Angstrom)."""
     s = structure
-    if check:
-        validate(s)
+    if check:  # overlapping atoms are found from the graph's own neighbour list below
+        validate(s, overlaps=cutoff < MIN_DISTANCE)
     species = species_indices(s.numbers, elements, s.label)
-    i, j, shifts = neighbor_list(s.positions, s.cell, s.pbc, cutoff)
+    i, j, shifts, closest = neighbor_list_and_closest(s.positions, s.cell, s.pbc, cutoff)
+    if check:
+        check_closest_pair(s, i, j, shifts, closest)
     n = len(s)
     forces = s.forces if s.forces is not None else np.full((n, 3), np.nan)
     stress = s.stress if s.stress is not None else np.full((3, 3), np.nan)

@@ -56,8 +56,8 @@ def _images(frac, pbc, reps, pad):
 @numba.njit(cache=True)
 def _search(centres, image_pos, image_atom, image_shift, offset, cutoff):
     """Edges (i, j, shift) from each centre i to the images closer than cutoff, by Cartesian
-    binning of the images; shifts are returned in unwrapped coordinates (offset: the lattice
-    vector each atom was wrapped by)."""
+    binning of the images, and the index of the shortest edge (-1 if none); shifts are
+    returned in unwrapped coordinates (offset: the lattice vector each atom was wrapped by)."""
     m = image_pos.shape[0]
     lo = np.empty(3)
     extent = np.empty(3)
@@ -99,6 +99,7 @@ def _search(centres, image_pos, image_atom, image_shift, offset, cutoff):
     out_j = np.empty(capacity, np.int64)
     out_shift = np.empty((capacity, 3), np.int64)
     count = 0
+    closest, closest_r2 = -1, cutoff2
     home = np.empty(3, np.int64)
     for i in range(n):
         for d in range(3):
@@ -112,7 +113,8 @@ def _search(centres, image_pos, image_atom, image_shift, offset, cutoff):
                         dx = sorted_pos[p, 0] - x
                         dy = sorted_pos[p, 1] - y
                         dz = sorted_pos[p, 2] - z
-                        if dx * dx + dy * dy + dz * dz >= cutoff2:
+                        r2 = dx * dx + dy * dy + dz * dz
+                        if r2 >= cutoff2:
                             continue
                         j = sorted_atom[p]
                         if j == i and sorted_shift[p, 0] == 0 and sorted_shift[p, 1] == 0 and sorted_shift[p, 2] == 0:
@@ -122,12 +124,14 @@ def _search(centres, image_pos, image_atom, image_shift, offset, cutoff):
                             out_i = _grown(out_i, capacity)
                             out_j = _grown(out_j, capacity)
                             out_shift = _grown(out_shift, capacity)
+                        if r2 < closest_r2:
+                            closest, closest_r2 = count, r2
                         out_i[count] = i
                         out_j[count] = j
                         for d in range(3):
                             out_shift[count, d] = sorted_shift[p, d] - offset[j, d] + offset[i, d]
                         count += 1
-    return out_i[:count].copy(), out_j[:count].copy(), out_shift[:count].copy()
+    return out_i[:count].copy(), out_j[:count].copy(), out_shift[:count].copy(), closest
 
 
 @numba.njit(cache=True)
@@ -145,13 +149,21 @@ def neighbor_list(
     Both directions of each pair are listed. Directions without periodicity need no cell
     vector (a zero cell is fine for a molecule).
     """
+    return neighbor_list_and_closest(positions, cell, pbc, cutoff)[:3]
+
+
+def neighbor_list_and_closest(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """neighbor_list() and the index of its shortest edge (-1 if it has none): a graph
+    builder checks for overlapping atoms with it instead of a second neighbour list."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
     cell = np.asarray(cell, dtype=np.float64)
     n = len(positions)
     empty = np.empty(0, np.int64)
     if n == 0:
-        return empty, empty, np.empty((0, 3), np.int64)
+        return empty, empty, np.empty((0, 3), np.int64), -1
     if pbc.any():
         if not pbc.all():
             cell = _complete_cell(cell, pbc, positions)

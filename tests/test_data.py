@@ -7,9 +7,10 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
-
 from conftest import rattled_si, water_dimer
+
 from fidelity_adapters import from_atoms, from_pymatgen, load_structures, read_structures, train
+from fidelity_adapters.data import validate
 from fidelity_adapters.training import TrainConfig
 
 
@@ -93,6 +94,8 @@ def test_atoms_too_close_names_structure_and_atoms(water_potential):
     atoms.positions[4] = atoms.positions[1] + [0.05, 0, 0]
     with pytest.raises(ValueError, match=r"clash:.*atoms 1 and 4 are 0.050 A apart"):
         water_potential.graph(from_atoms(atoms, label="clash"))
+    with pytest.raises(ValueError, match=r"clash:.*atoms 1 and 4 are 0.050 A apart"):
+        validate(from_atoms(atoms, label="clash"))  # without a graph: its own neighbour list
 
 
 def test_atoms_too_close_through_periodic_image(si_potential):
@@ -145,6 +148,7 @@ def test_corrupt_extxyz_names_the_frame(tmp_path):
 
 def test_subsampling_by_geometry_keeps_every_label_of_a_kept_geometry():
     from conftest import paired_cu
+
     from fidelity_adapters.data import subsample_geometries
 
     data = paired_cu(10)

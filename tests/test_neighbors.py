@@ -7,7 +7,7 @@ from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from backbones.m3gnet.triplets import triplet_edge_pairs
-from fidelity_adapters.neighbors import neighbor_list
+from fidelity_adapters.neighbors import neighbor_list, neighbor_list_and_closest
 
 
 def edges(atoms, cutoff):
@@ -66,3 +66,15 @@ def test_triplets_match_brute_force():
                 if a != b and within[a] and within[b] and centre[a] == centre[b]}  # fmt: skip
     assert set(map(tuple, got.T.tolist())) == expected
     assert got.shape[1] == len(expected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_closest_is_the_shortest_edge(seed):
+    """The graph builder's overlap check relies on it; random triclinic cells and a molecule."""
+    rng = np.random.default_rng(seed)
+    cell = rng.normal(size=(3, 3)) + np.eye(3) * 4.0
+    atoms = Atoms("H6", scaled_positions=rng.uniform(0, 1, size=(6, 3)), cell=cell, pbc=seed != 0)
+    i, j, shifts, closest = neighbor_list_and_closest(atoms.positions, atoms.cell.array, atoms.pbc, 3.0)
+    lengths = np.linalg.norm(atoms.positions[j] + shifts @ atoms.cell.array - atoms.positions[i], axis=1)
+    assert len(lengths) and lengths[closest] == pytest.approx(lengths.min())
+    assert neighbor_list_and_closest(atoms.positions, atoms.cell.array, atoms.pbc, 1e-3)[3] == -1
