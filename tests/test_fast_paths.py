@@ -96,16 +96,17 @@ def test_float32_and_float64_agree_for_paper_size_model(case):
 
 def test_split_first_layer_equals_the_concatenated_mlp():
     """edge_mlp applies the first layer per atom and gathers; the plain formula concatenates
-    [h_centre, h_neighbour, e, u] per edge. Same numbers, with and without a global state."""
+    [h_centre, h_neighbour, e, u] per edge. Same numbers, with and without a global state
+    and a hidden layer (with one, the SiLU of both halves is applied once, stacked)."""
     from backbones.m3gnet.layers import GatedMLP, edge_mlp
 
     torch.manual_seed(0)
     nodes, edges = torch.randn(7, 5, dtype=torch.float64), torch.randn(20, 4, dtype=torch.float64)
     edge_index = torch.randint(0, 7, (2, 20))
     edge_graph = torch.randint(0, 2, (20,))
-    for state in (None, torch.randn(2, 3, dtype=torch.float64)):
+    for state, hidden in ((None, [6]), (torch.randn(2, 3, dtype=torch.float64), [6]), (None, [])):
         extra = [] if state is None else [state[edge_graph]]
-        mlp = GatedMLP([14 + (0 if state is None else 3), 6, 4]).double()
+        mlp = GatedMLP([14 + (0 if state is None else 3), *hidden, 4]).double()
         plain = mlp(torch.cat([nodes[edge_index[0]], nodes[edge_index[1]], edges, *extra], dim=1))
         assert torch.allclose(edge_mlp(mlp, nodes, edges, state, edge_index, edge_graph), plain, atol=1e-12)
 

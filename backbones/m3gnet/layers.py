@@ -38,9 +38,13 @@ class GatedMLP(nn.Module):
 
     def after_first_layer(self, first: torch.Tensor) -> torch.Tensor:
         """forward() given the stacked first-layer outputs (..., 2h), for callers that build
-        that layer from pieces."""
-        value, gate = first.split(self.value[0].out_features, dim=-1)
-        return self.value[1:](value) * torch.sigmoid(self.gate[1:](gate))
+        that layer from pieces. With a hidden layer both halves start with a SiLU: applied
+        once to the stacked tensor (one pass over contiguous memory, not two strided ones)."""
+        value, gate = self.value[1:], self.gate[1:]
+        if len(gate) and isinstance(gate[0], nn.SiLU) and isinstance(value[0], nn.SiLU):
+            first, value, gate = nn.functional.silu(first), value[1:], gate[1:]
+        value_in, gate_in = first.split(self.value[0].out_features, dim=-1)
+        return value(value_in) * torch.sigmoid(gate(gate_in))
 
 
 class ThreeBodyInteraction(nn.Module):
