@@ -99,8 +99,9 @@ def edge_mlp(mlp: GatedMLP, nodes, edges, state, edge_index, edge_graph) -> torc
     n, e = nodes.shape[1], edges.shape[1]
     w_centre, w_neighbour, w_edge, w_state = weight.split([n, n, e, weight.shape[1] - 2 * n - e], dim=1)
     first = edges @ w_edge.t() if bias is None else torch.addmm(bias, edges, w_edge.t())
-    # index_select, not [] indexing: its backward is index_add, much faster than index_put on CPU
-    first = first + (nodes @ w_centre.t()).index_select(0, centre) + (nodes @ w_neighbour.t()).index_select(0, neighbour)
+    # index_select, not [] indexing: its backward is index_add, much faster than index_put on CPU.
+    # In-place adds: no new edge-sized tensors (a product's output is not saved for backward).
+    first.add_((nodes @ w_centre.t()).index_select(0, centre)).add_((nodes @ w_neighbour.t()).index_select(0, neighbour))
     if state is not None:
-        first = first + (state @ w_state.t()).index_select(0, edge_graph)
+        first.add_((state @ w_state.t()).index_select(0, edge_graph))
     return mlp.after_first_layer(first)
