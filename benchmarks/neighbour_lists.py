@@ -18,7 +18,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
-
 from m3gnet_vs_matgl import silicon, water_box
 
 from fidelity_adapters.compare import cpu_model
