@@ -10,6 +10,7 @@ FidelityInjector (injection.py) into the invariant features.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -84,12 +85,33 @@ class Potential(nn.Module):
             self.backbone.augment_graph(graph)
         return graph
 
-    def fit_references(self, structures: Sequence[LabelledStructure], refit_scale: bool = True) -> None:
+    def fit_references(
+        self, structures: Sequence[LabelledStructure], refit_scale: bool = True, around_network: bool = False
+    ) -> None:
         """Fit per-fidelity elemental energies and (unless told not to: a fine-tuned network
-        keeps the scale it was trained with) the energy scale on training structures."""
-        table = fit_elemental_energies(structures, self.elements, self.fidelities)
+        keeps the scale it was trained with) the energy scale on training structures.
+
+        `around_network=True` fits the references to what the network leaves unexplained
+        (label minus network_energies), for a network that is already trained: fine-tuning
+        then starts unbiased on these structures instead of having to unlearn the network's
+        mean output on a new level of theory."""
         scale = force_scale(structures) if refit_scale else float(self.fidelity_state.scale)
-        self.fidelity_state.set_references(table, scale)
+        if around_network:  # the network's energies in the scale the references are fitted for
+            self.fidelity_state.set_references(self.fidelity_state.elemental_energies.cpu().numpy(), scale)
+            structures = [replace(s, energy=s.energy - e) for s, e in zip(structures, self.network_energies(structures))]
+        self.fidelity_state.set_references(fit_elemental_energies(structures, self.elements, self.fidelities), scale)
+
+    @torch.no_grad()
+    def network_energies(self, structures: Sequence[LabelledStructure], batch_size: int = 16) -> np.ndarray:
+        """scale * sum_i e_i of each structure at its own fidelity: its energy without the
+        elemental references."""
+        values = []
+        for start in range(0, len(structures), batch_size):
+            batch = self._as_batch(Batch.from_data_list([self.graph(s) for s in structures[start : start + batch_size]]))
+            energy = self(batch, forces=False)["energy"]
+            reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
+            values.extend((energy - torch.zeros_like(energy).index_add(0, batch.batch, reference)).cpu().tolist())
+        return np.array(values)
 
     def _run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Call a backbone method with each structure's fidelity vector: as the global state,

@@ -99,6 +99,22 @@ def test_transfer_learning_freezes_exactly_the_named_layers(tmp_path):
         freeze(m3gnet_potential(["Cu"], ["hi"], **OPTIONS), ["atom_embeding"])
 
 
+def test_references_fitted_around_a_trained_network_leave_no_mean_error():
+    """Transfer learning refits the references around the pretrained network: right after the
+    refit its mean energy error on those structures is zero; fitted to the raw labels (as for
+    a fresh network) it is the network's own mean output."""
+    hifi = [s for s in paired_cu() if s.fidelity == "hi"]
+    potential = m3gnet_potential(["Cu"], ["hi"], **OPTIONS)
+    per_atom = lambda: np.array([p["energy"] for p in potential.predict(hifi, "hi")]) / [len(s) for s in hifi]  # noqa: E731
+    truth = np.array([s.energy / len(s) for s in hifi])
+    network = potential.network_energies(hifi) / [len(s) for s in hifi]
+    potential.fit_references(hifi, refit_scale=False)
+    assert np.mean(per_atom() - truth) == pytest.approx(np.mean(network), abs=1e-3)
+    assert abs(np.mean(network)) > 0.01  # an untrained network's output is not zero: the test can fail
+    potential.fit_references(hifi, refit_scale=False, around_network=True)
+    assert np.mean(per_atom() - truth) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_delta_prediction_is_lofi_plus_delta_and_labels_come_from_partners(tmp_path):
     data = paired_cu()
     task = task_for(data, tmp_path)

@@ -3,8 +3,9 @@
 The paper froze the embedding layer; `task.freeze` lists the parameter-name prefixes to keep
 fixed (e.g. "atom_embedding", "bond_embedding", "three_body.0", "blocks.0"). Elemental
 reference energies are re-fitted for the high fidelity before fine-tuning (total energies of
-two functionals differ by eV/atom, which no fine-tuning of a network should have to learn);
-the energy scale stays the one the network was pretrained with.
+two functionals differ by eV/atom, which no fine-tuning of a network should have to learn),
+around the pretrained network's own output on the high-fidelity structures, so that the
+fine-tuning starts without a mean energy error; the energy scale stays the pretrained one.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def fit_transfer(task: Task) -> Fitted:
     potential.backbone.load_state_dict(pretrained.backbone.state_dict())
     potential.fidelity_state.scale.copy_(pretrained.fidelity_state.scale)
     hifi_train = task.pick(task.split.hifi_train)
-    potential.fit_references(hifi_train, refit_scale=False)
+    potential.fit_references(hifi_train, refit_scale=False, around_network=True)
     frozen = freeze(potential, task.freeze)
     train(potential, hifi_train, task.pick(task.split.validation), task.config_for(task.hifi), task.out_dir, fit_references=False)
     note = f"pretrained on {task.base_fidelity}; frozen: {', '.join(task.freeze)} ({len(frozen)} tensors)"
