@@ -5,20 +5,19 @@
 Times (i, j, shift) lists within 5 A, both directions, on the systems of m3gnet_vs_matgl.py:
 ours (fidelity_adapters.neighbors.neighbor_list), vesin, matscipy and ASE, whichever are
 installed (`pip install vesin matscipy`). Checks that every library finds the same pairs
-before timing. Median of --repeats calls after one warm-up; prints a markdown table.
+before timing. Median of --repeats calls after one warm-up (m3gnet_vs_matgl.median_time); prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
-from importlib.metadata import PackageNotFoundError, version
+from functools import partial
+from importlib.metadata import version
 
 import numpy as np
 import torch
-from m3gnet_vs_matgl import silicon, water_box
+from m3gnet_vs_matgl import median_time, silicon, water_box
 
 from fidelity_adapters.compare import cpu_model
 
@@ -50,6 +49,7 @@ def ase_list(atoms):
 
 
 LIBRARIES = {"ours (numba)": ours, "vesin": vesin_list, "matscipy": matscipy_list, "ASE": ase_list}
+DISTRIBUTIONS = {"vesin": "vesin", "matscipy": "matscipy", "ASE": "ase"}  # for the versions in the header
 
 
 def available() -> dict:
@@ -63,27 +63,9 @@ def available() -> dict:
     return found
 
 
-def _installed(name: str) -> bool:
-    try:
-        version(name)
-        return True
-    except PackageNotFoundError:
-        return False
-
-
 def pairs(result) -> set:
     i, j, shifts = (np.asarray(x) for x in result)
     return set(zip(i.tolist(), j.tolist(), map(tuple, shifts.astype(int).tolist())))
-
-
-def median_ms(fn, atoms, repeats: int) -> float:
-    fn(atoms)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(atoms)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -94,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(1)
     libraries = available()
     systems = [(f"Si {n}", silicon(n, seed=n)) for n in (64, 216, 1728)] + [("water 64 H2O", water_box())]
-    versions = ", ".join(f"{name} {version(name)}" for name in ("vesin", "matscipy", "ase") if _installed(name))
+    versions = ", ".join(f"{DISTRIBUTIONS[name]} {version(DISTRIBUTIONS[name])}" for name in libraries if name in DISTRIBUTIONS)
     lines = [
         f"Machine: {cpu_model()}, Python {platform.python_version()}, {versions}; neighbour lists within {CUTOFF} A, "
         f"median of {args.repeats} calls, single thread.",
@@ -107,7 +89,7 @@ def main() -> None:
         for name, fn in libraries.items():
             if pairs(fn(atoms)) != reference:
                 raise SystemExit(f"{name} finds other pairs than ours on {label}")
-        times = [median_ms(fn, atoms, args.repeats) for fn in libraries.values()]
+        times = [1000 * median_time(partial(fn, atoms), args.repeats, 1, "cpu") for fn in libraries.values()]
         lines.append(f"| {label} | {len(atoms)} | {len(reference):,} | " + " | ".join(f"{t:.2f} ms" for t in times) + " |")
     text = "\n".join(lines)
     print(text)
