@@ -19,11 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-if hasattr(torch.serialization, "add_safe_globals"):
-    # e3nn 0.4.4 (pinned by mace-torch) reads its constants.pt with torch.load, whose weights-only
-    # default (torch >= 2.6) refuses the slice objects in it: allow exactly that type, before e3nn loads
-    torch.serialization.add_safe_globals([slice])
-from e3nn import o3  # noqa: E402
+# isort: off
+import backbones  # noqa: F401  before e3nn: importing it lets e3nn 0.4.4 load under weights-only torch.load
+from e3nn import o3
+# isort: on
 from torch import nn
 from torch_geometric.data import Batch
 
