@@ -68,7 +68,8 @@ def _evaluate(args) -> None:
         print(json.dumps(result))
     else:
         print(f"fidelity {args.fidelity}: {result['n_structures']} structures")
-        print(f"energy MAE {result['energy_mae_per_atom']:.5f} eV/atom")
+        print(f"energy MAE {result['energy_mae_per_atom']:.5f} eV/atom, "
+              f"bias (predicted - true) {result['energy_bias_per_atom']:+.5f} eV/atom")
         print(f"force MAE  {result['force_mae']:.5f} eV/A")
 
 

@@ -27,7 +27,7 @@ import yaml
 from backbones import BACKBONES
 
 from .data import LabelledStructure, fidelities_of, read_structures, subsample_geometries
-from .evaluation import mean_absolute_errors, parity_arrays
+from .evaluation import energy_bias, error_metrics, parity_arrays
 from .recipes import RECIPES
 from .report import save_parity, write_report
 from .sampling import METHODS, select
@@ -271,7 +271,7 @@ class Comparison:
         run_dir = self.out / "runs" / strategy / method / f"f{_percent(fraction)}" / f"s{seed}"
         record_path = run_dir / "record.json"
         if record_path.exists():
-            return json.loads(record_path.read_text())
+            return self._with_energy_bias(json.loads(record_path.read_text()))
         split = self.split(method, fraction, seed)
         task = self.task(split, seed, run_dir)
         start = time.perf_counter()
@@ -282,11 +282,18 @@ class Comparison:
         record = {
             "strategy": strategy, "fraction": fraction, "seed": seed, "sampling": method, "target": self.settings.hifi,
             "n_hifi_train": len(split.hifi_train), "n_lofi_train": len(split.lofi_train), "n_test": len(split.test),
-            **{k: v for k, v in mean_absolute_errors(parity, len(test)).items() if k != "n_structures"},
+            **{k: v for k, v in error_metrics(parity, len(test)).items() if k != "n_structures"},
             "note": "; ".join(filter(None, [fitted.note, _no_choice(split, method)])), "parity": str((run_dir / "parity.npz").relative_to(self.out)),
             "seconds": round(time.perf_counter() - start, 1),
         }  # fmt: skip
         _write_json(record_path, record)
+        return record
+
+    def _with_energy_bias(self, record: dict) -> dict:
+        """A run finished before the bias was recorded gets it from its saved parity arrays."""
+        if "energy_bias_per_atom" not in record and record.get("parity"):
+            with np.load(self.out / record["parity"]) as parity:
+                record["energy_bias_per_atom"] = energy_bias(parity)
         return record
 
     def run(self) -> Path:

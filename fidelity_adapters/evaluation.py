@@ -27,21 +27,30 @@ def parity_arrays(structures: Sequence[LabelledStructure], predictions: Sequence
     }  # fmt: skip
 
 
-def mean_absolute_errors(parity: dict[str, np.ndarray], n_structures: int) -> dict:
+def error_metrics(parity: dict[str, np.ndarray], n_structures: int) -> dict:
+    """MAEs, and the energy bias (mean of predicted minus true per atom): an energy MAE that is
+    mostly bias is an offset, typically a reference-energy error, not scatter."""
     mae = lambda a, b: float(np.mean(np.abs(a - b))) if len(a) else float("nan")  # noqa: E731
     return {
         "energy_mae_per_atom": mae(parity["energy_true_per_atom"], parity["energy_pred_per_atom"]),
         "force_mae": mae(parity["force_true"], parity["force_pred"]),
+        "energy_bias_per_atom": energy_bias(parity),
         "n_structures": n_structures,
     }
 
 
+def energy_bias(parity) -> float:
+    """Mean signed energy error per atom, predicted minus true (NaN without energy labels)."""
+    error = np.asarray(parity["energy_pred_per_atom"]) - np.asarray(parity["energy_true_per_atom"])
+    return float(error.mean()) if error.size else float("nan")
+
+
 def errors(potential, structures: Sequence[LabelledStructure], fidelity: str, batch_size: int = 16) -> dict:
-    """Energy MAE per atom (eV/atom) and force MAE (eV/A, over components) at `fidelity`,
-    counting only the labels each structure has."""
+    """Energy MAE and bias per atom (eV/atom) and force MAE (eV/A, over components) at
+    `fidelity`, counting only the labels each structure has."""
     potential.fidelity_state.index(fidelity)
     chosen = select(structures, fidelity)
     if not chosen:
         raise ValueError(f"no structures of fidelity {fidelity!r} in the data (found {sorted({s.fidelity for s in structures})})")
     predictions = potential.predict(chosen, fidelity, batch_size=batch_size)
-    return mean_absolute_errors(parity_arrays(chosen, predictions), len(chosen))
+    return error_metrics(parity_arrays(chosen, predictions), len(chosen))

@@ -89,7 +89,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(records: list[dict]) -> list[dict]:
-    """One row per (strategy, fraction, sampling) with the mean and std over seeds of both MAEs.
+    """One row per (strategy, fraction, sampling) with the mean and std over seeds of both MAEs
+    and of the energy bias.
 
     Rows are ordered by strategy (mfi, single, transfer, delta, multihead, then others
     alphabetically), then sampling, then fraction.
@@ -103,8 +104,8 @@ def summarise(records: list[dict]) -> list[dict]:
             "n_seeds": len(runs), "seeds": [r["seed"] for r in runs],
             "n_hifi_train": int(n_hifi[0]) if len(set(n_hifi)) == 1 else float(np.mean(n_hifi)),
         }  # fmt: skip
-        for metric in ("energy_mae_per_atom", "force_mae"):
-            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r[metric] for r in runs])
+        for metric in ("energy_mae_per_atom", "force_mae", "energy_bias_per_atom"):  # bias: NaN if a run lacks it
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.get(metric, np.nan) for r in runs])
         rows.append(row)
     return rows
 
@@ -213,19 +214,22 @@ def _markdown(title: str, header: str, summary: list[dict], records: list[dict],
     if header:
         lines += [header.rstrip("\n"), ""]
     lines += [
-        "| strategy | sampling | hifi fraction (%) | hifi structures | seeds | test E MAE (meV/atom) | test F MAE (meV/A) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| strategy | sampling | hifi fraction (%) | hifi structures | seeds | test E MAE (meV/atom) | test F MAE (meV/A) "
+        "| test E bias (meV/atom) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary:
         energy = _milli(row["energy_mae_per_atom_mean"], row["energy_mae_per_atom_std"])
         force = _milli(row["force_mae_mean"], row["force_mae_std"])
+        bias = _milli(row["energy_bias_per_atom_mean"], row["energy_bias_per_atom_std"])
         n_hifi = row["n_hifi_train"] if isinstance(row["n_hifi_train"], int) else f"{row['n_hifi_train']:.1f}"
         lines.append(f"| {row['strategy']} | {row['sampling']} | {_percent(row['fraction'])} | {n_hifi} "
-                     f"| {row['n_seeds']} | {energy} | {force} |")  # fmt: skip
+                     f"| {row['n_seeds']} | {energy} | {force} | {bias} |")  # fmt: skip
     lines += [
         "",
         "Values are mean ± sample standard deviation (ddof = 1) over seeds; a row with a single seed shows ± 0.00;"
-        " – means the test structures have no such label.",
+        " – means the test structures have no such label. E bias is the mean of predicted minus true energy per atom:"
+        " an E MAE close to |E bias| is one offset shared by the test structures (typically the references), not scatter.",
         "",
     ]
     notes: dict[str, list[str]] = {}

@@ -34,8 +34,9 @@ def test_train_then_evaluate_json(tmp_path, data_file, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(model), str(data_file), "--fidelity", "SCAN", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"energy_mae_per_atom", "force_mae", "n_structures"}
+    assert set(result) == {"energy_mae_per_atom", "energy_bias_per_atom", "force_mae", "n_structures"}
     assert result["n_structures"] == 4 and result["force_mae"] > 0
+    assert abs(result["energy_bias_per_atom"]) <= result["energy_mae_per_atom"]
     assert main(["info", str(model)]) == 0
     assert json.loads(capsys.readouterr().out)["fidelities"] == ["SCAN", "PBE"]
 

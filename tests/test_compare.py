@@ -56,11 +56,17 @@ def test_a_finished_sweep_resumes_without_retraining(cu_file, tmp_path):
     compare(settings, tmp_path / "sweep")
     record = tmp_path / "sweep" / "runs" / "single" / "random" / "f20" / "s0" / "record.json"
     saved = json.loads(record.read_text())
+    with np.load(record.parent / "parity.npz") as parity:
+        bias = np.mean(parity["energy_pred_per_atom"] - parity["energy_true_per_atom"])
+    assert saved["energy_bias_per_atom"] == pytest.approx(bias)
     saved["note"] = "kept from the first run"
+    del saved["energy_bias_per_atom"]  # as saved before the bias was recorded
     record.write_text(json.dumps(saved))
     compare(tiny(cu_file, strategies=["single", "mfi"]), tmp_path / "sweep")  # extending the sweep is allowed
     records = read_results(tmp_path / "sweep")["records"]
-    assert [r["note"] for r in records if r["strategy"] == "single"] == ["kept from the first run"]
+    assert [(r["note"], r["energy_bias_per_atom"]) for r in records if r["strategy"] == "single"] == [
+        ("kept from the first run", pytest.approx(bias))
+    ]
     assert {r["strategy"] for r in records} == {"single", "mfi"}
     with pytest.raises(ValueError, match="epochs"):
         Comparison(tiny(cu_file, epochs=3), tmp_path / "sweep")

@@ -98,7 +98,8 @@ def report(tmp_path_factory):
                     note = "lofi labels from PBE run" if strategy == "delta" else ""
                     records.append(run(strategy, fraction, seed, float(rng.uniform(1e-3, 3e-3)),
                                        float(rng.uniform(2e-2, 6e-2)), sampling, int(300 * fraction),
-                                       note=note, parity=parity))  # fmt: skip
+                                       note=note, parity=parity,
+                                       energy_bias_per_atom=float(rng.uniform(-3e-3, 3e-3))))  # fmt: skip
     records[-1]["parity"] = None  # mfi fps 0.5 seed 1: not the plotted seed, must not matter
     records[-2]["parity"] = None  # mfi fps 0.5 seed 0: no parity recorded
     header = "Command: `python compare.py --seeds 2`\nData: water clusters, PBE -> SCAN"
@@ -143,11 +144,13 @@ def test_markdown_has_header_one_row_per_group_and_formatted_numbers(report):
                 (row["strategy"], row["sampling"], row["fraction"])]  # fmt: skip
         energies = 1000 * np.array([r["energy_mae_per_atom"] for r in runs])
         forces = 1000 * np.array([r["force_mae"] for r in runs])
+        biases = 1000 * np.array([r["energy_bias_per_atom"] for r in runs])
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[:5] == [row["strategy"], row["sampling"], f"{100 * row['fraction']:g}",
                              str(int(300 * row["fraction"])), "2"]  # fmt: skip
         assert cells[5] == f"{energies.mean():.2f} ± {energies.std(ddof=1):.2f}"
         assert cells[6] == f"{forces.mean():.2f} ± {forces.std(ddof=1):.2f}"
+        assert cells[7] == f"{biases.mean():.2f} ± {biases.std(ddof=1):.2f}"
     assert "ddof = 1" in text
 
 
@@ -214,4 +217,17 @@ def test_energy_only_report_has_one_panel_and_dashes(tmp_path):
     width_ef = imread(tmp_path / "ef" / "learning_curve.png").shape[1]
     assert width_e < 0.6 * width_ef
     row = [line for line in (tmp_path / "e" / "report.md").read_text().splitlines() if line.startswith("| mfi")][0]
-    assert row.rstrip().endswith("| – |") and "1.50 ± 0.71" in row
+    cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+    assert cells[5:] == ["1.50 ± 0.71", "–", "–"]  # no force labels; no bias recorded by these runs
+
+
+def test_energy_bias_is_averaged_and_tells_offset_from_scatter(tmp_path):
+    """Two seeds off by +4 and +2 meV/atom: the bias column shows it, signed, beside the MAE."""
+    records = [run(seed=0, energy=4e-3, energy_bias_per_atom=4e-3), run(seed=1, energy=3e-3, energy_bias_per_atom=2e-3)]
+    row = summarise(records)[0]
+    assert row["energy_bias_per_atom_mean"] == pytest.approx(3e-3)
+    assert row["energy_bias_per_atom_std"] == pytest.approx(np.std([4e-3, 2e-3], ddof=1))
+    write_report(records, tmp_path, title="bias")
+    line = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| mfi")][0]
+    assert line.rstrip().endswith("| 3.00 ± 1.41 |")
+    assert np.isnan(summarise([run(seed=0), run(seed=1, energy_bias_per_atom=1e-3)])[0]["energy_bias_per_atom_mean"])
