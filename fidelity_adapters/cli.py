@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+REFIT_HELP = "after training, refit each model's reference energies around its network on its training set"
+
 
 def _demo(args) -> None:
     from .demo import run_demo
@@ -50,6 +52,7 @@ def _train(args) -> None:
     config = TrainConfig(
         max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, force_weight=args.force_weight,
         stress_weight=args.stress_weight, patience=args.patience, seed=args.seed, monitor=args.target,
+        refit_references=args.refit_references,
     )  # fmt: skip
     result = train(potential, train_set, val_set, config, out_dir=args.out)
     save_potential(potential, Path(args.out) / "model.safetensors", extra={"best_epoch": result.best_epoch})
@@ -83,7 +86,7 @@ def _compare(args) -> None:
         "data": args.data or None, "lofi": args.lofi, "hifi": args.hifi, "strategies": args.strategies,
         "fractions": args.fractions, "seeds": args.seeds, "sampling": args.sampling, "every": args.every,
         "limit": args.limit, "geometries": args.geometries, "epochs": args.epochs, "batch_size": args.batch_size, "freeze": args.freeze,
-        "force_weight": args.force_weight, "backbone": args.backbone,
+        "force_weight": args.force_weight, "backbone": args.backbone, "refit_references": args.refit_references,
     }  # fmt: skip
     settings = settings_with(settings, flags)
     report = compare(settings, args.out, command=" ".join(["fidelity-adapters", *sys.argv[1:]]))
@@ -229,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=int, default=200)
     tr.add_argument("--val-fraction", type=float, default=0.1)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--refit-references", action="store_true", help=REFIT_HELP)
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="energy and force MAE of a saved model at one fidelity")
@@ -256,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--batch-size", type=int)
     cmp.add_argument("--force-weight", type=float, help="weight of the force term (0: energies only)")
     cmp.add_argument("--backbone", help="M3GNet (default), MACEStyle or NequIPStyle")
+    cmp.add_argument("--refit-references", action="store_true", default=None, help=REFIT_HELP)
     cmp.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, one seed: a smoke run")
     cmp.set_defaults(func=_compare)
 

@@ -59,6 +59,7 @@ class CompareSettings:
     batch_size: int = 16
     learning_rate: float = 1e-3
     force_weight: float = 1.0
+    refit_references: bool = False  # after training, refit each model's references around its network
     patience: int = 200
     backbone: str = "M3GNet"  # M3GNet, MACEStyle or NequIPStyle (recipes.RECIPES)
     model: dict = field(default_factory=dict)  # backbone options, e.g. {"node_dim": 32}
@@ -194,6 +195,7 @@ class Comparison:
         self.config = TrainConfig(
             max_epochs=settings.epochs, learning_rate=settings.learning_rate, batch_size=settings.batch_size,
             force_weight=settings.force_weight, patience=settings.patience, progress=False,
+            refit_references=settings.refit_references,
         )  # fmt: skip
         self._features: dict[int, dict[int, list[float]]] = {}
 

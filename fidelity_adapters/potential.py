@@ -94,12 +94,23 @@ class Potential(nn.Module):
         `around_network=True` fits the references to what the network leaves unexplained
         (label minus network_energies), for a network that is already trained: fine-tuning
         then starts unbiased on these structures instead of having to unlearn the network's
-        mean output on a new level of theory."""
+        mean output on a new level of theory, and a trained model loses the mean energy error
+        on its training set that a loss dominated by forces leaves. A fidelity without energy
+        labels among `structures` then keeps the references it has."""
         scale = force_scale(structures) if refit_scale else float(self.fidelity_state.scale)
-        if around_network:  # the network's energies in the scale the references are fitted for
-            self.fidelity_state.set_references(self.fidelity_state.elemental_energies.cpu().numpy(), scale)
-            structures = [replace(s, energy=s.energy - e) for s, e in zip(structures, self.network_energies(structures))]
-        self.fidelity_state.set_references(fit_elemental_energies(structures, self.elements, self.fidelities), scale)
+        if not around_network:
+            self.fidelity_state.set_references(fit_elemental_energies(structures, self.elements, self.fidelities), scale)
+            return
+        current = self.fidelity_state.elemental_energies.cpu().numpy()
+        self.fidelity_state.set_references(current, scale)  # the network's energies in the scale fitted for
+        labelled = [s for s in structures if s.has_energy]
+        residuals = [replace(s, energy=s.energy - e) for s, e in zip(labelled, self.network_energies(labelled))]
+        table = fit_elemental_energies(residuals, self.elements, self.fidelities)
+        fitted = {s.fidelity for s in labelled}
+        for f, name in enumerate(self.fidelities):
+            if name not in fitted:
+                table[f] = current[f]
+        self.fidelity_state.set_references(table, scale)
 
     @torch.no_grad()
     def network_energies(self, structures: Sequence[LabelledStructure], batch_size: int = 16) -> np.ndarray:

@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     monitor: str | None = None  # fidelity whose validation loss drives early stopping; None: all
+    refit_references: bool = False  # after training, refit the references around the best network
 
 
 @dataclass
@@ -129,7 +130,9 @@ def train(
 
     Parameters with requires_grad=False stay as they are (transfer learning freezes layers
     that way). `fit_references=False` keeps the reference energies and scale the potential
-    already has, for a caller that fitted them itself."""
+    already has, for a caller that fitted them itself. With `config.refit_references` the
+    references are refitted around the best network on the training structures at the end
+    (and saved with it); the validation losses of the history are from before."""
     config = config or TrainConfig()
     if out_dir is not None:
         metadata_of(potential)  # a model that cannot be saved fails now, not after its first epoch
@@ -201,13 +204,18 @@ def train(
     bar.close()
     if best_state is not None:
         potential.load_state_dict(best_state)
+    if config.refit_references:
+        potential.fit_references(train_structures, refit_scale=False, around_network=True)
+        if out_dir is not None:
+            save_potential(potential, Path(out_dir) / "best_model.safetensors", extra={"epoch": best_epoch})
     return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history)
 
 
 def _check_same_config(path: Path, saved: dict, config: TrainConfig) -> None:
     """A resumed run must continue the same schedule; anything else needs a new directory."""
     current = asdict(config)
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k != "progress" and saved.get(k) != v]
+    after_training = {"progress", "refit_references"}  # these do not change the schedule
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in after_training and saved.get(k) != v]
     if changed:
         raise ValueError(f"{path} was written with other settings ({'; '.join(changed)}); "
                          "resume with the same settings or train into a new directory")  # fmt: skip

@@ -39,6 +39,14 @@ def test_train_then_evaluate_json(tmp_path, data_file, capsys):
     assert abs(result["energy_bias_per_atom"]) <= result["energy_mae_per_atom"]
     assert main(["info", str(model)]) == 0
     assert json.loads(capsys.readouterr().out)["fidelities"] == ["SCAN", "PBE"]
+    refit = tmp_path / "refit"
+    assert main(["train", str(data_file), "--out", str(refit), "--epochs", "1", "--target", "SCAN", "--batch-size", "4",
+                 "--val-fraction", "0.25", "--refit-references"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", str(refit / "model.safetensors"), str(data_file), "--fidelity", "SCAN", "--json"]) == 0
+    refitted = json.loads(capsys.readouterr().out)
+    assert refitted["force_mae"] == pytest.approx(result["force_mae"])  # the same training, energies shifted
+    assert refitted["energy_bias_per_atom"] != pytest.approx(result["energy_bias_per_atom"])
 
 
 def test_errors_are_messages(tmp_path, data_file, capsys):

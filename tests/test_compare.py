@@ -117,6 +117,12 @@ def test_cli_compare_reads_yaml_and_flags(cu_file, tmp_path, capsys):
     code = cli.main(["compare", "--config", str(config), "--strategies", "single", "--out", str(tmp_path / "out")])
     assert code == 0 and "report:" in capsys.readouterr().out
     assert [r["strategy"] for r in read_results(tmp_path / "out")["records"]] == ["single"]
+    flags = ["--strategies", "single", "--refit-references", "--out", str(tmp_path / "refit")]
+    assert cli.main(["compare", "--config", str(config), *flags]) == 0
+    (plain,), (refit,) = (read_results(tmp_path / name)["records"] for name in ("out", "refit"))
+    assert json.loads((tmp_path / "refit" / "settings.json").read_text())["refit_references"] is True
+    assert refit["force_mae"] == pytest.approx(plain["force_mae"])  # same training; the refit shifts energies only
+    assert refit["energy_bias_per_atom"] != pytest.approx(plain["energy_bias_per_atom"])
     (tmp_path / "bad.yaml").write_text("- a list\n")
     assert cli.main(["compare", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]) == 2
     assert "mapping" in capsys.readouterr().err

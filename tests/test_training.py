@@ -166,3 +166,40 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 0
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _offset_per_atom(potential, structures, fidelity):
+    """The per-atom energy offset a least-squares reference refit would remove (one element:
+    sum n (predicted - true) / sum n^2)."""
+    chosen = [s for s in structures if s.fidelity == fidelity]
+    predicted = potential.predict(chosen, fidelity)
+    n = np.array([len(s) for s in chosen], dtype=float)
+    error = np.array([p["energy"] - s.energy for s, p in zip(chosen, predicted)])
+    return float(n @ error / (n @ n))
+
+
+def test_refit_references_removes_the_training_offset_and_survives_a_resume(tmp_path):
+    from fidelity_adapters.serialization import load_potential
+
+    data = emt_structures()
+    plain = cu_potential()
+    train(plain, data[:18], data[18:], quick(max_epochs=2), out_dir=tmp_path / "run")
+    offsets = [abs(_offset_per_atom(plain, data[:18], name)) for name in ("lo", "hi")]
+    assert min(offsets) > 1e-4  # trained on a force-dominated loss, the mean energy is off
+    refitted = cu_potential()  # resumes the finished run: no epoch left, the refit is what changes
+    result = train(refitted, data[:18], data[18:], quick(max_epochs=2, refit_references=True), out_dir=tmp_path / "run")
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    for name in ("lo", "hi"):
+        assert abs(_offset_per_atom(refitted, data[:18], name)) < 1e-9
+    saved = load_potential(tmp_path / "run" / "best_model.safetensors")
+    np.testing.assert_allclose(saved.predict(data[18:], "hi")[0]["energy"], refitted.predict(data[18:], "hi")[0]["energy"])
+
+
+def test_refit_around_the_network_keeps_references_of_a_fidelity_it_has_no_energies_for():
+    data = emt_structures()
+    potential = cu_potential()
+    potential.fit_references(data)
+    lo_before = potential.fidelity_state.elemental_energies[0].clone()
+    potential.fit_references([s for s in data if s.fidelity == "hi"], refit_scale=False, around_network=True)
+    torch.testing.assert_close(potential.fidelity_state.elemental_energies[0], lo_before)
+    assert abs(_offset_per_atom(potential, data, "hi")) < 1e-9
