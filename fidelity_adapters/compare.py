@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -292,10 +293,14 @@ class Comparison:
         return record
 
     def _with_energy_bias(self, record: dict) -> dict:
-        """A run finished before the bias was recorded gets it from its saved parity arrays."""
+        """A run finished before the bias was recorded gets it from its saved parity arrays
+        (if they cannot be read, the report shows no bias for it and says why for the plot)."""
         if "energy_bias_per_atom" not in record and record.get("parity"):
-            with np.load(self.out / record["parity"]) as parity:
-                record["energy_bias_per_atom"] = energy_bias(parity)
+            try:
+                with np.load(self.out / record["parity"]) as parity:
+                    record["energy_bias_per_atom"] = energy_bias(parity)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                pass
         return record
 
     def run(self) -> Path:

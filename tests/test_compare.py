@@ -68,6 +68,10 @@ def test_a_finished_sweep_resumes_without_retraining(cu_file, tmp_path):
         ("kept from the first run", pytest.approx(bias))
     ]
     assert {r["strategy"] for r in records} == {"single", "mfi"}
+    (record.parent / "parity.npz").write_bytes(b"not a zip")  # an old run whose parity file broke since
+    report = compare(tiny(cu_file, strategies=["single"]), tmp_path / "sweep")
+    assert "energy_bias_per_atom" not in read_results(tmp_path / "sweep")["records"][0]
+    assert "unreadable" in report.read_text()  # no bias and no plot for it; the report is still written
     with pytest.raises(ValueError, match="epochs"):
         Comparison(tiny(cu_file, epochs=3), tmp_path / "sweep")
 
