@@ -112,16 +112,21 @@ class Potential(nn.Module):
                 table[f] = current[f]
         self.fidelity_state.set_references(table, scale)
 
+    def network_energy(self, batch) -> torch.Tensor:
+        """scale * sum_i e_i per structure of a batch: its energy without the elemental
+        references, with the autograd graph to the parameters."""
+        batch = self._as_batch(batch)
+        energy = self(batch, forces=False)["energy"]
+        reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
+        return energy - torch.zeros_like(energy).index_add(0, batch.batch, reference)
+
     @torch.no_grad()
     def network_energies(self, structures: Sequence[LabelledStructure], batch_size: int = 16) -> np.ndarray:
-        """scale * sum_i e_i of each structure at its own fidelity: its energy without the
-        elemental references."""
+        """network_energy of each structure at its own fidelity, as numpy."""
         values = []
         for start in range(0, len(structures), batch_size):
-            batch = self._as_batch(Batch.from_data_list([self.graph(s) for s in structures[start : start + batch_size]]))
-            energy = self(batch, forces=False)["energy"]
-            reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
-            values.extend((energy - torch.zeros_like(energy).index_add(0, batch.batch, reference)).cpu().tolist())
+            batch = Batch.from_data_list([self.graph(s) for s in structures[start : start + batch_size]])
+            values.extend(self.network_energy(batch).cpu().tolist())
         return np.array(values)
 
     def _run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:
