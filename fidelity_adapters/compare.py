@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from backbones import BACKBONES
 from .data import LabelledStructure, fidelities_of, read_structures, subsample_geometries
 from .evaluation import energy_bias, error_metrics, parity_arrays
 from .recipes import RECIPES
-from .report import save_parity, write_report
+from .report import UNREADABLE_PARITY, load_parity, save_parity, write_report
 from .sampling import METHODS, select
 from .serialization import atomic_write
 from .splits import Split, paper_split
@@ -297,9 +296,8 @@ class Comparison:
         (if they cannot be read, the report shows no bias for it and says why for the plot)."""
         if "energy_bias_per_atom" not in record and record.get("parity"):
             try:
-                with np.load(self.out / record["parity"]) as parity:
-                    record["energy_bias_per_atom"] = energy_bias(parity)
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                record["energy_bias_per_atom"] = energy_bias(load_parity(self.out / record["parity"]))
+            except UNREADABLE_PARITY:
                 pass
         return record
 

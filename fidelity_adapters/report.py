@@ -180,7 +180,10 @@ def _parity_plot(arrays: dict[str, np.ndarray], title: str, path: Path) -> None:
     _save_figure(figure, path)
 
 
-def _load_parity(path: Path) -> dict[str, np.ndarray]:
+UNREADABLE_PARITY = (OSError, ValueError, KeyError, zipfile.BadZipFile)  # what load_parity raises on a broken file
+
+
+def load_parity(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {name: np.ravel(data[name]).astype(float) for name in PARITY_ARRAYS}
 
@@ -199,8 +202,8 @@ def _parity_plots(groups: dict[tuple[str, float, str], list[dict]], report_dir: 
             skipped.append(f"{where}: parity file `{run['parity']}` not found")
             continue
         try:
-            arrays = _load_parity(source)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:  # costs one plot, not the report
+            arrays = load_parity(source)
+        except UNREADABLE_PARITY as error:  # costs one plot, not the report
             skipped.append(f"{where}: parity file `{run['parity']}` unreadable ({type(error).__name__}: {error})")
             continue
         relative = f"parity/{strategy}_{sampling}_{_percent(fraction)}.png"
