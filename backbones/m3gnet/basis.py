@@ -4,7 +4,9 @@
   2020), orthogonalised so that every function and its first two derivatives vanish at the
   cutoff; they expand bond lengths.
 - `SphericalBesselHarmonics`: j_l(z_ln r / rc) * Y_l^0(theta) for l < max_l, n < max_n, the
-  three-body basis of bond (i,k) and angle jik.
+  three-body basis of bond (i,k) and angle jik; with `smooth=True` the radial part is instead
+  the first max_l * max_n smooth Bessel functions, column l * max_n + n times Y_l^0 (matgl's
+  `use_smooth=True`, which its pretrained universal potentials use).
 - `polynomial_cutoff`: 1 - 6x^5 + 15x^4 - 10x^3, smooth to second order at x = 1.
 """
 
@@ -81,9 +83,12 @@ def _bessel_roots(max_l: int, max_n: int) -> np.ndarray:
 
 
 class SphericalBesselHarmonics(nn.Module):
-    def __init__(self, max_n: int, max_l: int, cutoff: float):
+    def __init__(self, max_n: int, max_l: int, cutoff: float, smooth: bool = False):
         super().__init__()
         self.max_n, self.max_l, self.cutoff = max_n, max_l, cutoff
+        self.smooth = SmoothBesselBasis(max_n * max_l, cutoff) if smooth else None
+        if smooth:
+            return
         roots = _bessel_roots(max_l, max_n)
         norm = np.array([[math.sqrt(2 / cutoff**3) / abs(spherical_jn(l + 1, z)) for z in roots[l]] for l in range(max_l)])
         self.register_buffer("roots", torch.tensor(roots, dtype=torch.get_default_dtype()))
@@ -96,6 +101,8 @@ class SphericalBesselHarmonics(nn.Module):
     def radial(self, r: torch.Tensor) -> torch.Tensor:
         """(E,) distances -> (E, max_l * max_n) normalised j_l(z_ln r / rc). A function of the
         bond ik alone: computed per edge and gathered to triplets, ~8x fewer evaluations."""
+        if self.smooth is not None:
+            return self.smooth(r)
         columns = [_spherical_bessel(l, r[:, None] * self.roots[l] / self.cutoff) * self.norm[l] for l in range(self.max_l)]
         return torch.cat(columns, dim=1)
 

@@ -65,10 +65,16 @@ class ThreeBodyInteraction(nn.Module):
 
 
 class M3GNetBlock(nn.Module):
-    """Bond update, then atom update, then (if the model has one) global state update."""
+    """Bond update, then atom update, then (if the model has one) global state update. Each
+    bond's atom message goes to its centre atom, or with `messages_to="neighbour"` to its
+    neighbour atom (both directions of a bond are edges, so either sums over all neighbours,
+    but the bond features differ: the three-body sum of bond ij runs over the k around i)."""
 
-    def __init__(self, node_dim: int, edge_dim: int, state_dim: int, radial_dim: int, hidden: Sequence[int]):
+    def __init__(
+        self, node_dim: int, edge_dim: int, state_dim: int, radial_dim: int, hidden: Sequence[int], messages_to: str = "centre"
+    ):
         super().__init__()
+        self.receiver = 0 if messages_to == "centre" else 1
         inputs = 2 * node_dim + edge_dim + state_dim
         self.edge_update = GatedMLP([inputs, *hidden, edge_dim])
         self.edge_radial = nn.Linear(radial_dim, edge_dim, bias=False)
@@ -77,10 +83,9 @@ class M3GNetBlock(nn.Module):
         self.state_update = mlp([node_dim + state_dim, *hidden, state_dim], activate_last=True) if state_dim else None
 
     def forward(self, nodes, edges, state, edge_index, edge_graph, node_graph, radial, n_graphs):
-        centre = edge_index[0]
         edges = edges + edge_mlp(self.edge_update, nodes, edges, state, edge_index, edge_graph) * self.edge_radial(radial)
         messages = edge_mlp(self.node_update, nodes, edges, state, edge_index, edge_graph) * self.node_radial(radial)
-        nodes = nodes + scatter(messages, centre, dim=0, dim_size=nodes.shape[0], reduce="sum")
+        nodes = nodes + scatter(messages, edge_index[self.receiver], dim=0, dim_size=nodes.shape[0], reduce="sum")
         if self.state_update is not None:
             mean_nodes = scatter(nodes, node_graph, dim=0, dim_size=n_graphs, reduce="mean")
             state = self.state_update(torch.cat([mean_nodes, state], dim=1))

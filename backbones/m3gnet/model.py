@@ -3,6 +3,12 @@
 Defaults are the settings of Ko & Ong 2025: bond cutoff 5 A, three-body cutoff 4 A, widths
 64/64 and state 16, 3 smooth Bessel functions for bonds, max_n = max_l = 3 for the three-body
 basis, 3 blocks with two-layer gated update MLPs, gated 64-64-1 readout per atom.
+
+Three options exist for matgl's pretrained weights (fidelity_adapters/pretrained), which were
+trained with other conventions: `messages_to="neighbour"` sums each bond's atom message into
+its neighbour atom (matgl's DGL graphs sum into the bond's destination) instead of its centre;
+`three_body_basis="smooth"` expands r_ik in smooth Bessel functions instead of j_l; and
+`three_body_basis_cutoff` scales that basis (matgl: the bond cutoff, not the three-body one).
 """
 
 from __future__ import annotations
@@ -36,23 +42,34 @@ class M3GNet(nn.Module):
         hidden: Sequence[int] = (64,),
         readout_hidden: Sequence[int] = (64, 64),
         n_heads: int = 1,
+        messages_to: str = "centre",
+        three_body_basis: str = "bessel",
+        three_body_basis_cutoff: float | None = None,
     ):
         super().__init__()
         self.config = dict(
             n_elements=n_elements, cutoff=cutoff, three_body_cutoff=three_body_cutoff, node_dim=node_dim,
             edge_dim=edge_dim, state_dim=state_dim, n_radial=n_radial, max_n=max_n, max_l=max_l,
             n_blocks=n_blocks, hidden=list(hidden), readout_hidden=list(readout_hidden), n_heads=n_heads,
+            messages_to=messages_to, three_body_basis=three_body_basis, three_body_basis_cutoff=three_body_basis_cutoff,
         )  # fmt: skip
+        if messages_to not in ("centre", "neighbour"):
+            raise ValueError(f"messages_to must be 'centre' or 'neighbour', not {messages_to!r}")
+        if three_body_basis not in ("bessel", "smooth"):
+            raise ValueError(f"three_body_basis must be 'bessel' or 'smooth', not {three_body_basis!r}")
         self.cutoff = cutoff
         self.three_body_cutoff = three_body_cutoff
         self.state_dim = state_dim
         self.n_heads = n_heads
         self.radial_basis = SmoothBesselBasis(n_radial, cutoff)
-        self.three_body_basis = SphericalBesselHarmonics(max_n, max_l, three_body_cutoff)
+        basis_cutoff = three_body_cutoff if three_body_basis_cutoff is None else three_body_basis_cutoff
+        self.three_body_basis = SphericalBesselHarmonics(max_n, max_l, basis_cutoff, smooth=three_body_basis == "smooth")
         self.atom_embedding = nn.Embedding(n_elements, node_dim)
         self.bond_embedding = nn.Sequential(nn.Linear(n_radial, edge_dim), nn.SiLU())
         self.three_body = nn.ModuleList(ThreeBodyInteraction(node_dim, edge_dim, max_n * max_l) for _ in range(n_blocks))
-        self.blocks = nn.ModuleList(M3GNetBlock(node_dim, edge_dim, state_dim, n_radial, hidden) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(
+            M3GNetBlock(node_dim, edge_dim, state_dim, n_radial, hidden, messages_to) for _ in range(n_blocks)
+        )
         self.readouts = nn.ModuleList(GatedMLP([node_dim, *readout_hidden, 1], activate_last=False) for _ in range(n_heads))
 
     def augment_graph(self, graph) -> None:
