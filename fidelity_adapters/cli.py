@@ -195,6 +195,22 @@ def _info(args) -> None:
     print(json.dumps(read_metadata(args.model), indent=1))
 
 
+def _pretrained(args) -> None:
+    from .pretrained import available, load_pretrained
+    from .serialization import save_potential
+
+    if args.name is None:
+        for model, where, why in available():
+            state = "available" if where is not None else "absent   "
+            print(f"{model.name:38s} {state} fidelities {list(model.fidelities)}; {model.description} ({model.licence}); {why}")
+        return
+    if args.out is None:
+        raise ValueError("give --out FILE.safetensors to save the pretrained model as a model file")
+    potential = load_pretrained(args.name, add=args.add)
+    save_potential(potential, args.out, extra={"pretrained": args.name})
+    print(f"{potential.describe()}\nsaved to {args.out}")
+
+
 def _simulation_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A command that runs a saved model on one structure at one (required) fidelity."""
     command = sub.add_parser(name, help=help)
@@ -305,6 +321,12 @@ def parser() -> argparse.ArgumentParser:
     rdf.add_argument("--coordination-cutoff", type=float, help="coordination-number histogram with this cutoff (A)")
     rdf.add_argument("--out", default="runs/rdf")
     rdf.set_defaults(func=_rdf)
+
+    pre = sub.add_parser("pretrained", help="list the pretrained potentials on this machine, or save one as a model file")
+    pre.add_argument("name", nargs="?", help="a name from the list, e.g. matgl:M3GNet-MatPES-PBE-v2025.1")
+    pre.add_argument("--add", nargs="+", default=[], metavar="FIDELITY", help="new fidelities, each starting as the base one")
+    pre.add_argument("--out", help="model file to write (.safetensors)")
+    pre.set_defaults(func=_pretrained)
 
     info = sub.add_parser("info", help="print a saved model's metadata")
     info.add_argument("model")
