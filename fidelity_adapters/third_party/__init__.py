@@ -30,14 +30,18 @@ def __getattr__(name):  # lazy: `import fidelity_adapters.third_party` must not 
         from . import nequip
 
         return getattr(nequip, name)
+    if name in ("SevennBackbone", "load_sevenn"):
+        from . import sevenn
+
+        return getattr(sevenn, name)
     raise AttributeError(name)
 
 
 def library_of(model: nn.Module) -> str | None:
-    """'mace' or 'nequip' if the model's class (or a base class) comes from that package."""
+    """'mace', 'nequip' or 'sevenn' if the model's class (or a base class) comes from that package."""
     for cls in type(model).__mro__:
         root = cls.__module__.split(".")[0]
-        if root in ("mace", "nequip"):
+        if root in ("mace", "nequip", "sevenn"):
             return root
     return None
 

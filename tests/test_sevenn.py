@@ -1,0 +1,261 @@
+"""SevenNet's pretrained checkpoints (fidelity_adapters.third_party.sevenn) against sevenn's
+own ASE calculator: energy, forces and stress of a molecule, a periodic crystal and a triclinic
+cell, for every model and every 7net-mf-0 modality; forces as minus the energy gradient; the
+fidelity names and modalities; a new fidelity starting as a copy of a base one.
+
+Two precisions. float64: sevenn's model and calculator run in float32 only (their one-hot
+embeddings and input tensors are float32 whatever the model's dtype), so the reference is
+sevenn's calculator with its model in float64, the one-hot outputs cast to float64 and its
+input tensors made float64 (`sevenn_reference`): the same code, more digits. float32: the
+unmodified calculator against our float32 potential, to the float32 rounding of two ways of
+computing the edge vectors. Needs sevenn (pip install -e '.[sevenn]'; docs/third_party.md)."""
+
+import functools
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+from torch_geometric.data import Batch
+
+try:
+    import sevenn.util
+    from sevenn.calculator import SevenNetCalculator
+    from sevenn.nn.node_embedding import OnehotEmbedding
+except ImportError as error:
+    reason = f"sevenn is not importable ({error}): pip install -e '.[sevenn]' (docs/third_party.md)"
+    pytest.skip(reason, allow_module_level=True)
+
+from fidelity_adapters import wrap  # noqa: E402
+from fidelity_adapters.calculator import FidelityCalculator  # noqa: E402
+from fidelity_adapters.fidelity_state import UnknownFidelityError  # noqa: E402
+from fidelity_adapters.third_party.sevenn import add_fidelity, load_sevenn  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:No tensor product accelerator:UserWarning")  # sevenn's, on CPU
+
+# (model, our fidelity, sevenn modality)
+CASES = [("7net-0", "PBE", None), ("7net-l3i5", "PBE", None), ("7net-mf-0", "r2SCAN", "R2SCAN"), ("7net-mf-0", "PBE", "PBE")]
+CASE_IDS = [f"{name}-{fidelity}" for name, fidelity, _ in CASES]
+
+
+def methane() -> Atoms:
+    atoms = molecule("CH4")
+    atoms.positions += np.random.default_rng(0).normal(scale=0.05, size=atoms.positions.shape)
+    atoms.cell = [20.0, 20.0, 20.0]  # a big box, not periodic
+    atoms.center()
+    atoms.pbc = False
+    return atoms
+
+
+def silicon() -> Atoms:
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.positions += np.random.default_rng(1).normal(scale=0.05, size=atoms.positions.shape)
+    return atoms
+
+
+def triclinic_oxide() -> Atoms:
+    """Rocksalt MgO, 4 atoms, the cell sheared to triclinic and the atoms rattled."""
+    atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True)[:4]
+    shear = np.array([[1.0, 0.08, -0.05], [0.03, 0.97, 0.11], [0.06, -0.04, 1.02]])
+    atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
+    atoms.positions += np.random.default_rng(2).normal(scale=0.06, size=atoms.positions.shape)
+    return atoms
+
+
+STRUCTURES = {"CH4": methane, "Si": silicon, "MgO-triclinic": triclinic_oxide}
+
+
+@functools.cache
+def ours(name: str, dtype: torch.dtype):
+    """load_sevenn(name) in dtype (cached: the tests that use it do not change it)."""
+    return load_sevenn(name).to(dtype)
+
+
+def _float64_onehots(module, args, out):
+    for key in (module.key_output, module.key_additional_output):
+        if key is not None:
+            out[key] = out[key].double()
+    return out
+
+
+@functools.cache
+def sevenn_model_float64(name: str):
+    model = sevenn.util.load_checkpoint(name).build_model().double()
+    for module in model.modules():
+        if isinstance(module, OnehotEmbedding):
+            module.register_forward_hook(_float64_onehots)
+    return model
+
+
+@contextmanager
+def float64_inputs():
+    """sevenn's calculator turns its numpy graph into float32 tensors (util.dtype_correct);
+    inside this block, into float64 ones."""
+    original = sevenn.util.dtype_correct
+    sevenn.util.dtype_correct = functools.partial(original, float_dtype=torch.float64)
+    try:
+        yield
+    finally:
+        sevenn.util.dtype_correct = original
+
+
+def evaluate(calculator, atoms: Atoms) -> dict:
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.pbc.all():
+        out["stress"] = atoms.get_stress()
+    return out
+
+
+@functools.cache
+def sevenn_calculator(name: str, modal: str | None):
+    return SevenNetCalculator(name, device="cpu", modal=modal)
+
+
+def sevenn_reference(name: str, modal: str | None, atoms: Atoms, dtype: torch.dtype) -> dict:
+    """sevenn's own calculator: its neighbour list, its model, its forces and stress."""
+    if dtype == torch.float32:
+        calculator = sevenn_calculator(name, modal)
+        calculator.reset()
+        return evaluate(calculator, atoms)
+    calculator = SevenNetCalculator(sevenn_model_float64(name), file_type="model_instance", device="cpu", modal=modal)
+    with float64_inputs():
+        return evaluate(calculator, atoms)
+
+
+def relative_differences(out: dict, reference: dict) -> dict:
+    """|dE| / |E|, and max |difference| / max |reference| for forces and stress."""
+    diffs = {"energy": abs(out["energy"] - reference["energy"]) / abs(reference["energy"])}
+    for key in ("forces", "stress"):
+        if key in reference:
+            diffs[key] = float(np.abs(out[key] - reference[key]).max() / np.abs(reference[key]).max())
+    return diffs
+
+
+def compare(name, fidelity, modal, structure, dtype) -> dict:
+    atoms = STRUCTURES[structure]()
+    reference = sevenn_reference(name, modal, atoms, dtype)
+    out = evaluate(FidelityCalculator(ours(name, dtype), fidelity=fidelity), atoms)
+    assert set(out) == set(reference)  # stress exactly for the periodic cells
+    return relative_differences(out, reference)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("name, fidelity, modal", CASES, ids=CASE_IDS)
+def test_equals_sevenn_calculator_float64(name, fidelity, modal, structure):
+    diffs = compare(name, fidelity, modal, structure, torch.float64)
+    assert max(diffs.values()) < 1e-10, diffs  # measured <= 1e-14 (docs/third_party.md)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("name, fidelity, modal", CASES, ids=CASE_IDS)
+def test_equals_sevenn_calculator_float32(name, fidelity, modal, structure):
+    """The unmodified calculator (float32): the edge vectors are rounded differently (sevenn
+    rounds its float64 neighbour-list vectors, we subtract float32 positions)."""
+    diffs = compare(name, fidelity, modal, structure, torch.float32)
+    assert max(diffs.values()) < 2e-5, diffs  # measured <= 7.2e-6 (docs/third_party.md)
+
+
+def test_forces_and_stress_are_energy_derivatives():
+    potential, fidelity = ours("7net-mf-0", torch.float64), "r2SCAN"
+    atoms = triclinic_oxide()[:2]
+
+    def energy(a):
+        return float(potential(potential.graph(a, fidelity), forces=False)["energy"][0].detach())
+
+    out = potential(potential.graph(atoms, fidelity), forces=True, stress=True)
+    h, numeric = 1e-4, np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for k in range(3):
+            moved = [atoms.copy(), atoms.copy()]
+            moved[0].positions[i, k] += h
+            moved[1].positions[i, k] -= h
+            numeric[i, k] = -(energy(moved[0]) - energy(moved[1])) / (2 * h)
+    np.testing.assert_allclose(out["forces"].detach().numpy(), numeric, rtol=0, atol=1e-6)
+    assert np.abs(numeric).max() > 0.1
+    strain_derivative = np.zeros((3, 3))
+    for i in range(3):
+        for k in range(3):
+            strained = []
+            for sign in (1, -1):
+                deformation = np.eye(3)
+                deformation[i, k] += sign * h
+                a = atoms.copy()
+                a.set_cell(a.cell.array @ deformation, scale_atoms=True)
+                strained.append(energy(a))
+            strain_derivative[i, k] = (strained[0] - strained[1]) / (2 * h) / atoms.get_volume()
+    np.testing.assert_allclose(out["stress"][0].detach().numpy(), strain_derivative, rtol=0, atol=1e-7)
+
+
+def test_fidelity_names_and_modalities_are_checked():
+    potential = ours("7net-mf-0", torch.float32)
+    assert potential.fidelities == ["r2SCAN", "PBE"] and potential.backbone.modals == ["R2SCAN", "PBE"]
+    assert potential.backbone.cutoff == 5.0 and potential.injector is None
+    with pytest.raises(UnknownFidelityError, match="unknown fidelity 'SCAN'.*'r2SCAN', 'PBE'"):
+        FidelityCalculator(potential, fidelity="SCAN")
+    with pytest.raises(UnknownFidelityError, match="unknown fidelity"):
+        potential.predict([silicon()], fidelity="R2SCAN")  # sevenn's name is not ours
+    with pytest.raises(ValueError, match=r"unknown sevenn modality.*'SCAN'.*\['R2SCAN', 'PBE'\]"):
+        load_sevenn("7net-mf-0", ["PBE", "SCAN"], modal_map={"SCAN": "SCAN"})
+    with pytest.raises(ValueError, match=r"no modality for fidelities \['wB97X'\]"):
+        load_sevenn("7net-mf-0", ["PBE", "wB97X"])
+    with pytest.raises(ValueError, match="7net-0 has no modalities"):
+        load_sevenn("7net-0", modal_map={"PBE": "PBE"})
+    with pytest.raises(ValueError, match="unknown SevenNet model"):
+        load_sevenn("7net-omat")
+    with pytest.raises(TypeError, match="sevenn model needs its adapter"):
+        wrap(potential.backbone.model, ["PBE"], potential.elements)
+
+
+def test_a_batch_mixes_fidelities():
+    potential = ours("7net-mf-0", torch.float64)
+    structures = [(silicon(), "r2SCAN"), (silicon(), "PBE"), (methane(), "PBE"), (triclinic_oxide(), "r2SCAN")]
+    batch = Batch.from_data_list([potential.graph(a, f) for a, f in structures])
+    together = potential(batch, forces=True)
+    alone = [float(potential(potential.graph(a, f), forces=True)["energy"][0]) for a, f in structures]
+    np.testing.assert_allclose(together["energy"].detach().numpy(), alone, rtol=1e-12)
+    assert abs(alone[0] - alone[1]) > 1e-3  # the modality matters
+
+
+def test_new_fidelity_starts_as_its_base():
+    potential = load_sevenn("7net-mf-0").double()
+    atoms = triclinic_oxide()
+    before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    assert add_fidelity(potential, "SCAN", like="r2SCAN") is potential
+    assert potential.fidelities == ["r2SCAN", "PBE", "SCAN"] and potential.backbone.n_heads == 3
+    after = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    for key in ("energy", "forces", "stress"):
+        np.testing.assert_array_equal(after["SCAN"][key], after["r2SCAN"][key])  # the same columns, bit for bit
+        for f in ("r2SCAN", "PBE"):  # the old fidelities keep their predictions (rescaled weights: rounding only)
+            np.testing.assert_allclose(after[f][key], before[f][key], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(potential.fidelity_state.elemental_energies[2], potential.fidelity_state.elemental_energies[0])
+
+    # its own columns: an energy + force loss at SCAN (double backward) moves SCAN's modality rows,
+    # not r2SCAN's or PBE's (in the readout layer they are a per-atom constant: energy only)
+    out = potential(potential.graph(atoms, "SCAN"), forces=True, training=True)
+    linears = [m.linear for m in potential.backbone.model if getattr(m, "num_modalities", 0) > 1]
+    assert len(linears) == 11  # self-interactions 1 and 2 of five blocks, the first readout layer
+    grads = torch.autograd.grad(out["energy"].sum() + out["forces"].pow(2).sum(), [m.weight for m in linears])
+    for linear, grad in zip(linears, grads):
+        last = len(linear.irreps_in) - 1  # the modality one-hots
+        *_, modal_rows = (g for _, ins, g in linear.weight_views(grad, yield_instruction=True) if ins.i_in == last)
+        rows = modal_rows[-3:].abs().sum(1)
+        assert rows[2] > 0 and rows[0] == 0 and rows[1] == 0
+
+
+def test_new_name_on_an_existing_modality():
+    potential = load_sevenn("7net-mf-0", ["r2SCAN", "PBE", "SCAN"], modal_map={"SCAN": "R2SCAN"}).double()
+    assert potential.backbone.modals == ["R2SCAN", "PBE", "R2SCAN"]
+    a, b = (evaluate(FidelityCalculator(potential, f), silicon()) for f in ("r2SCAN", "SCAN"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_model_without_modalities_takes_a_film():
+    potential = load_sevenn("7net-0", ["PBE", "SCAN"], inject=("embedding", "messages", "readout"), inject_dim=4)
+    assert potential.injector is not None and len(potential.injector.films["messages"]) == 5
+    with pytest.raises(ValueError, match="add_fidelity needs a potential over a multi-modal sevenn model"):
+        add_fidelity(potential, "r2SCAN", like="PBE")
