@@ -259,3 +259,15 @@ def test_a_model_without_modalities_takes_a_film():
     assert potential.injector is not None and len(potential.injector.films["messages"]) == 5
     with pytest.raises(ValueError, match="add_fidelity needs a potential over a multi-modal sevenn model"):
         add_fidelity(potential, "r2SCAN", like="PBE")
+
+
+def test_wrap_third_party_takes_a_raw_sevenn_model():
+    from fidelity_adapters.third_party import wrap_third_party
+
+    raw = sevenn.util.load_checkpoint("7net-0").build_model()
+    potential = wrap_third_party(raw, ["PBE"]).double()
+    reference = ours("7net-0", torch.float64)
+    atoms = triclinic_oxide()
+    got, want = evaluate(FidelityCalculator(potential, "PBE"), atoms), evaluate(FidelityCalculator(reference, "PBE"), atoms)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12)

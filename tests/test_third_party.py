@@ -225,7 +225,7 @@ def test_explicit_adapter_errors_and_no_save(name, tmp_path, monkeypatch):
 
 
 def test_wrap_third_party_refuses_other_models():
-    with pytest.raises(TypeError, match="neither a mace-torch nor a nequip model"):
+    with pytest.raises(TypeError, match="not a mace-torch, nequip or sevenn model"):
         wrap_third_party(nn.Linear(2, 2), ["PBE"])
 
 

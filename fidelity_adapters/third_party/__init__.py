@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 from torch import nn
 
 from ..potential import Potential, wrap
 
-__all__ = ["MaceBackbone", "NequipBackbone", "adapt", "nequip_global_state", "wrap_third_party"]
+__all__ = ["MaceBackbone", "NequipBackbone", "SevennBackbone", "adapt", "load_sevenn", "nequip_global_state", "wrap_third_party"]
 
 
 def __getattr__(name):  # lazy: `import fidelity_adapters.third_party` must not need mace or nequip
@@ -61,8 +62,12 @@ def adapt(model: nn.Module, elements: Sequence[int | str] | None = None, **optio
         from .nequip import NequipBackbone
 
         return NequipBackbone(model, elements, **options)
+    if library == "sevenn":
+        from .sevenn import SevennBackbone
+
+        return SevennBackbone(model, elements, **options)
     raise TypeError(
-        f"{type(model).__module__}.{type(model).__name__} is neither a mace-torch nor a nequip model; "
+        f"{type(model).__module__}.{type(model).__name__} is not a mace-torch, nequip or sevenn model; "
         "wrap a backbone of this library with fidelity_adapters.wrap"
     )
 
@@ -83,7 +88,7 @@ def wrap_third_party(
     adapter (mace: head=...)."""
     backbone = adapt(model, elements, **options)
     potential = wrap(backbone, fidelities, backbone.elements, inject=inject, inject_dim=inject_dim)
-    potential.fidelity_state.set_references(
-        backbone.reference_energies()[None].repeat(len(potential.fidelities), 0), float(potential.fidelity_state.scale)
-    )
+    # one row for all fidelities, or (sevenn's modality-wise shifts) one row per fidelity
+    table = np.broadcast_to(np.atleast_2d(backbone.reference_energies()), (len(potential.fidelities), len(backbone.elements)))
+    potential.fidelity_state.set_references(table.copy(), float(potential.fidelity_state.scale))
     return potential
