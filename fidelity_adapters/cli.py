@@ -211,6 +211,45 @@ def _pretrained(args) -> None:
     print(f"{potential.describe()}\nsaved to {args.out}")
 
 
+def _finetune(args) -> None:
+    from .data import read_structures
+    from .finetune import FinetuneConfig, finetune
+    from .pretrained import entry
+    from .training import TrainConfig, split_indices
+
+    base = args.base_fidelity or entry(args.pretrained).fidelities[0]
+    structures = [s for path in args.data for s in read_structures(path, limit=args.limit, default_fidelity=args.target)]
+    replay = [s for path in args.replay_data for s in read_structures(path, default_fidelity=base)]
+    other = sorted({s.fidelity for s in structures} - {args.target, base})
+    if other:
+        raise ValueError(f"data has fidelities {other}; fine-tuning uses --target {args.target!r} and base {base!r} only")
+    replay += [s for s in structures if s.fidelity == base]  # base-level frames in the data are replay data
+    target = [s for s in structures if s.fidelity == args.target]
+    if len(target) < 2:
+        raise ValueError(f"need at least 2 structures at the target {args.target!r} (found {len(target)})")
+    val_ids, train_ids = split_indices(len(target), [args.val_fraction, 1 - args.val_fraction], args.seed)
+    if len(val_ids) == 0:
+        val_ids, train_ids = train_ids[:1], train_ids[1:]
+    mode = args.replay or ("data" if replay else "distill")
+    config = FinetuneConfig(
+        train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+                          force_weight=args.force_weight, patience=args.patience, seed=args.seed),
+        replay=mode, replay_ratio=args.replay_ratio, replay_weight=args.replay_weight, rattle=args.rattle,
+        trainable=args.trainable,
+    )  # fmt: skip
+    result = finetune(
+        args.pretrained, args.target, [target[k] for k in train_ids], [target[k] for k in val_ids], config,
+        base_fidelity=base, replay_structures=replay if mode == "data" else (), out_dir=args.out,
+    )  # fmt: skip
+    report = result.report
+    print(f"{args.pretrained} fine-tuned at {args.target} (base {base}, replay {mode}): {report['optimizer_steps']} steps")
+    for when in ("zero_shot", "before", "after"):
+        for key, value in report[when].items():
+            print(f"  {when:9s} {key:14s} E MAE {1000 * value['energy_mae_per_atom']:.2f} meV/atom, "
+                  f"F MAE {1000 * value['force_mae']:.1f} meV/A ({value['n_structures']} structures)")  # fmt: skip
+    print(f"model: {Path(args.out) / 'model.safetensors'}; report: {Path(args.out) / 'finetune_report.json'}")
+
+
 def _simulation_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A command that runs a saved model on one structure at one (required) fidelity."""
     command = sub.add_parser(name, help=help)
@@ -327,6 +366,28 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--add", nargs="+", default=[], metavar="FIDELITY", help="new fidelities, each starting as the base one")
     pre.add_argument("--out", help="model file to write (.safetensors)")
     pre.set_defaults(func=_pretrained)
+
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained potential at a new fidelity, with replay of its own level")
+    ft.add_argument("data", nargs="+", help="extxyz files at the target level (frames without info['fidelity'] count as target)")
+    ft.add_argument("--from", dest="pretrained", required=True, help="a name from 'fidelity-adapters pretrained'")
+    ft.add_argument("--target", required=True, help="fidelity to fine-tune (added beside the base if new)")
+    ft.add_argument("--base-fidelity", help="the pretrained level to keep (default: the model's first)")
+    ft.add_argument("--out", required=True)
+    ft.add_argument("--replay", choices=["data", "distill", "none"], help="default: data if base-level frames are given, else distill")
+    ft.add_argument("--replay-data", nargs="+", default=[], help="extxyz files at the base level")
+    ft.add_argument("--replay-ratio", type=float, default=1.0, help="replay structures per target training structure")
+    ft.add_argument("--replay-weight", type=float, default=1.0, help="loss weight of the replay structures")
+    ft.add_argument("--rattle", type=float, default=0.05, help="A; displacement of self-distillation copies")
+    ft.add_argument("--trainable", choices=["all", "adapter"], default="all")
+    ft.add_argument("--epochs", type=int, default=20)
+    ft.add_argument("--lr", type=float, default=1e-4)
+    ft.add_argument("--batch-size", type=int, default=4)
+    ft.add_argument("--force-weight", type=float, default=1.0)
+    ft.add_argument("--patience", type=int, default=200)
+    ft.add_argument("--val-fraction", type=float, default=0.2)
+    ft.add_argument("--limit", type=int, help="read at most this many frames per data file")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.set_defaults(func=_finetune)
 
     info = sub.add_parser("info", help="print a saved model's metadata")
     info.add_argument("model")

@@ -130,9 +130,15 @@ def _frames(path: Path, every: int, limit: int | None, start: int = 0) -> Iterat
 
 
 def read_structures(
-    path: str | os.PathLike, fidelity: str | None = None, every: int = 1, limit: int | None = None, start: int = 0
+    path: str | os.PathLike,
+    fidelity: str | None = None,
+    every: int = 1,
+    limit: int | None = None,
+    start: int = 0,
+    default_fidelity: str | None = None,
 ) -> list[LabelledStructure]:
-    """Read an extxyz file (plain or .gz); fidelity from the argument or each frame's info.
+    """Read an extxyz file (plain or .gz); fidelity from the argument or each frame's info, or
+    `default_fidelity` for a frame whose info has none.
 
     Frames `start`, `start + every`, ... are kept, at most `limit` of them, to subsample the
     large public sets without parsing them whole. Labels keep the frame's index in the file."""
@@ -142,7 +148,10 @@ def read_structures(
     if every < 1 or start < 0 or (limit is not None and limit < 1):
         raise ValueError(f"{path}: every must be >= 1, start >= 0 and limit >= 1 (got {every}, {start}, {limit})")
     frames = _frames(path, every, limit, start)
-    return [from_atoms(a, fidelity=fidelity, label=f"{path.name}:{k}") for k, a in frames]
+    return [
+        from_atoms(a, fidelity=fidelity or (None if "fidelity" in a.info else default_fidelity), label=f"{path.name}:{k}")
+        for k, a in frames
+    ]
 
 
 def load_structures(source, fidelity: str | None = None) -> list[LabelledStructure]:

@@ -43,6 +43,7 @@ class TrainConfig:
     progress: bool = True
     monitor: str | None = None  # fidelity whose validation loss drives early stopping; None: all
     refit_references: bool = False  # after training, refit the references around the best network
+    fidelity_weights: dict[str, float] | None = None  # loss weight of each fidelity's structures; absent: 1
 
 
 @dataclass
@@ -61,12 +62,26 @@ def _check_data(potential: Potential, train, val, config: TrainConfig) -> None:
         potential.fidelity_state.index(name)
     if config.monitor is not None and config.monitor not in fidelities_of(val):
         raise ValueError(f"monitored fidelity {config.monitor!r} has no validation structures")
+    for name, weight in (config.fidelity_weights or {}).items():
+        potential.fidelity_state.index(name)
+        if not weight >= 0:
+            raise ValueError(f"fidelity_weights[{name!r}] = {weight}: a loss weight must be >= 0")
+
+
+def _structure_weights(potential: Potential, batch, config: TrainConfig, dtype) -> torch.Tensor | None:
+    """Each structure's loss weight from its fidelity (None: all 1, the plain mean)."""
+    if not config.fidelity_weights:
+        return None
+    table = [float(config.fidelity_weights.get(name, 1.0)) for name in potential.fidelities]
+    return torch.tensor(table, dtype=dtype, device=batch.fidelity.device)[batch.fidelity]
 
 
 def _loss_terms(potential: Potential, batch, config: TrainConfig, training: bool) -> dict:
     """Masked squared-error sums and counts for energy/atom, force components and stress.
     Forces are computed only when the batch has force labels that count: an energy-only batch
-    (CASPT2, say) then costs one backward pass in training, not two."""
+    (CASPT2, say) then costs one backward pass in training, not two. With fidelity weights
+    the squared errors are weighted by their structure's fidelity (counts and MAEs are not),
+    so a weight of 2 counts each of that fidelity's labels twice in the mean."""
     want_forces = config.force_weight > 0 and bool(torch.isfinite(batch.forces).any())
     out = potential(batch, forces=want_forces, stress=config.stress_weight > 0, training=training)
     dtype = out["energy"].dtype
@@ -77,15 +92,20 @@ def _loss_terms(potential: Potential, batch, config: TrainConfig, training: bool
     f_true = batch.forces.to(dtype)
     f_mask = torch.isfinite(f_true) & want_forces
     f_diff = torch.where(f_mask, out["forces"] - f_true, torch.zeros_like(f_true)) if want_forces else torch.zeros_like(f_true)
+    weights = _structure_weights(potential, batch, config, dtype)
+    e_sq, f_sq = e_diff**2, f_diff**2
+    if weights is not None:
+        e_sq, f_sq = e_sq * weights, f_sq * weights[batch.batch][:, None]
     terms = {
-        "e_se": (e_diff**2).sum(), "e_ae": e_diff.abs().sum(), "e_n": e_mask.sum(),
-        "f_se": (f_diff**2).sum(), "f_ae": f_diff.abs().sum(), "f_n": f_mask.sum(),
+        "e_se": e_sq.sum(), "e_ae": e_diff.abs().sum(), "e_n": e_mask.sum(),
+        "f_se": f_sq.sum(), "f_ae": f_diff.abs().sum(), "f_n": f_mask.sum(),
     }  # fmt: skip
     if config.stress_weight > 0:
         s_true = batch.stress.to(dtype)
         s_mask = torch.isfinite(s_true)
         s_diff = torch.where(s_mask, out["stress"] - s_true, torch.zeros_like(s_true))
-        terms.update(s_se=(s_diff**2).sum(), s_n=s_mask.sum())
+        s_sq = s_diff**2 if weights is None else s_diff**2 * weights[:, None, None]
+        terms.update(s_se=s_sq.sum(), s_n=s_mask.sum())
     return terms
 
 

@@ -82,16 +82,19 @@ def available() -> list[tuple[Pretrained, Path | None, str]]:
 
 
 def load_pretrained(
-    name: str, add: Sequence[str] = (), state_dim: int = 16, dtype: torch.dtype = torch.float32
+    name: str, add: Sequence[str] = (), like: str | None = None, state_dim: int = 16, dtype: torch.dtype = torch.float32
 ) -> Potential:
     """The named model as a Potential at its own fidelities (named as in `available()`), plus
-    the fidelities in `add`, each starting equal to the first own fidelity (the base): for
+    the fidelities in `add`, each starting equal to own fidelity `like` (default: the first): for
     matgl's M3GNet through a zero-initialised global-state path of `state_dim`, for
     SevenNet-MF-0 as a copied modality (third_party/sevenn.py)."""
     model = entry(name)
     where, why = model.locate()
     if where is None:
         raise FileNotFoundError(f"{name}: {why}")
+    like = like or model.fidelities[0]
+    if like not in model.fidelities:
+        raise ValueError(f"{name} has fidelities {list(model.fidelities)}; a new one cannot start as {like!r}")
     clash = [f for f in add if f in model.fidelities]
     if clash or len(set(add)) != len(add):
         raise ValueError(f"fidelities to add must be new and distinct; {name} already has {list(model.fidelities)}, got {list(add)}")
@@ -105,5 +108,5 @@ def load_pretrained(
         raise ValueError(f"{name} has no modalities to copy; add fidelities to sevenn:7net-mf-0, or wrap with a FiLM")
     potential = load_sevenn(name.split(":", 1)[1], list(model.fidelities))
     for fidelity in add:
-        add_fidelity(potential, fidelity, like=model.fidelities[0])
+        add_fidelity(potential, fidelity, like=like)
     return potential.to(dtype)

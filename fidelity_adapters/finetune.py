@@ -1,0 +1,207 @@
+"""Fine-tuning a pretrained potential at a new level of theory without forgetting its own.
+
+    result = finetune("matgl:M3GNet-MatPES-PBE-v2025.1", target="SCAN", train_structures=scan_train,
+                      val_structures=scan_val, config=FinetuneConfig(replay="distill"), out_dir="runs/ft")
+
+The target fidelity is added beside the base one and starts equal to it (pretrained/). Each
+fidelity's elemental references are then corrected around the network's predictions on the
+training data of that fidelity (the user's labels come from their own code, whose energy
+zero differs from the pretrained data's at the base level too; elements absent from the data
+keep their references), and the model trains on the target structures together with
+base-level "replay" structures:
+- replay="data": base-level structures the user gives (a held-out part measures forgetting);
+- replay="distill": the frozen pretrained model labels the target structures and rattled
+  copies of them at the base level (self-distillation: the base level is held to what the
+  pretrained model predicted; forgetting is then drift from it on held-out rattled copies);
+- replay="none": target data only.
+`replay_ratio` replay structures per target structure, `replay_weight` their loss weight.
+`trainable` picks what trains: "all", or "adapter" (the fidelity state path and the readout;
+the pretrained interaction weights stay as they are).
+The report gives target and base errors zero-shot, after the reference correction ("before"
+training) and after training, and the optimizer steps taken, for comparisons at equal budgets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import LabelledStructure
+from .evaluation import errors
+from .potential import Potential
+from .pretrained import entry, load_pretrained
+from .references import fit_elemental_energies
+from .serialization import atomic_write, save_potential
+from .training import TrainConfig, split_indices, train
+
+REPLAY_KINDS = ("data", "distill", "none")
+TRAINABLE = ("all", "adapter")
+
+
+@dataclass
+class FinetuneConfig:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_epochs=20, learning_rate=1e-4, batch_size=4))
+    replay: str = "distill"
+    replay_ratio: float = 1.0  # replay structures per target training structure
+    replay_weight: float = 1.0  # loss weight of the replay structures (target: 1)
+    rattle: float = 0.05  # A, displacement of the rattled copies that self-distillation labels
+    held_out_fraction: float = 0.2  # of the replay structures, kept out of training to measure forgetting
+    trainable: str = "all"
+    state_dim: int = 16
+
+    def check(self) -> None:
+        if self.replay not in REPLAY_KINDS:
+            raise ValueError(f"replay must be one of {REPLAY_KINDS}, not {self.replay!r}")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}, not {self.trainable!r}")
+        if not self.replay_ratio >= 0 or not self.replay_weight >= 0 or not self.rattle >= 0:
+            raise ValueError("replay_ratio, replay_weight and rattle must be >= 0")
+        if not 0 < self.held_out_fraction < 1:
+            raise ValueError(f"held_out_fraction must be in (0, 1), not {self.held_out_fraction}")
+
+
+@dataclass
+class FinetuneResult:
+    potential: Potential
+    report: dict
+
+
+def distilled(model: Potential, structures: Sequence[LabelledStructure], fidelity: str, rattle: float, seed: int) -> list:
+    """The structures, rattled by `rattle` A (Gaussian, per component), labelled by `model` at
+    `fidelity`: energies and forces of the frozen pretrained model, as base-level replay."""
+    rng = np.random.default_rng(seed)
+    moved = [
+        replace(s, positions=s.positions + rng.normal(scale=rattle, size=s.positions.shape), fidelity=fidelity,
+                label=f"{s.label} (rattled, labelled by the pretrained model)", stress=None)
+        for s in structures
+    ]  # fmt: skip
+    predictions = model.predict(moved, fidelity)
+    return [replace(s, energy=p["energy"], forces=p["forces"]) for s, p in zip(moved, predictions)]
+
+
+def refit_references_around(potential: Potential, structures: Sequence[LabelledStructure]) -> None:
+    """Add to each fidelity's references the per-element correction that removes the mean
+    energy error of the current model on `structures` (least squares on composition). An
+    element absent from them, or a fidelity without energies there, keeps its references."""
+    labelled = [s for s in structures if s.has_energy]
+    if not labelled:
+        return
+    predicted = [p["energy"] for p in _predict_each(potential, labelled)]
+    residuals = [replace(s, energy=s.energy - e) for s, e in zip(labelled, predicted)]
+    correction = fit_elemental_energies(residuals, potential.elements, potential.fidelities)
+    table = potential.fidelity_state.elemental_energies.cpu().numpy() + correction
+    potential.fidelity_state.set_references(table, float(potential.fidelity_state.scale))
+
+
+def _predict_each(potential: Potential, structures: Sequence[LabelledStructure]) -> list[dict]:
+    out = []
+    for s in structures:
+        out.extend(potential.predict([s], s.fidelity))
+    return out
+
+
+def freeze_to_adapter(potential: Potential) -> None:
+    """Only the fidelity state path, the readout and the references train: the pretrained
+    interaction weights are frozen, and in the first layers of the bond and atom update MLPs
+    only the state columns receive gradients."""
+    backbone = potential.backbone
+    if getattr(backbone, "state_dim", 0) == 0:
+        raise ValueError("trainable='adapter' needs a backbone with a fidelity state path (a matgl M3GNet import)")
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    for module in [*backbone.readouts, *[b.state_update for b in backbone.blocks]]:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    state_dim = backbone.state_dim
+    for block in backbone.blocks:
+        for mlp in (block.edge_update, block.node_update):
+            for first in (mlp.value[0], mlp.gate[0]):
+                mask = torch.zeros_like(first.weight)
+                mask[:, -state_dim:] = 1
+                first.weight.requires_grad_(True)
+                first.weight.register_hook(lambda grad, mask=mask: grad * mask)
+
+
+def _split(structures: list, fraction: float, seed: int) -> tuple[list, list]:
+    held, kept = split_indices(len(structures), [fraction, 1 - fraction], seed)
+    return [structures[k] for k in kept], [structures[k] for k in held]
+
+
+def finetune(
+    name: str,
+    target: str,
+    train_structures: Sequence[LabelledStructure],
+    val_structures: Sequence[LabelledStructure],
+    config: FinetuneConfig | None = None,
+    base_fidelity: str | None = None,
+    replay_structures: Sequence[LabelledStructure] = (),
+    out_dir: str | Path | None = None,
+) -> FinetuneResult:
+    """Fine-tune pretrained model `name` at fidelity `target` (see the module docstring)."""
+    config = config or FinetuneConfig()
+    config.check()
+    own = entry(name).fidelities
+    base = base_fidelity or own[0]
+    if base not in own:
+        raise ValueError(f"base fidelity {base!r} is not one of {name}'s own fidelities {list(own)}")
+    for group, label in ((train_structures, "training"), (val_structures, "validation")):
+        wrong = sorted({s.fidelity for s in group} - {target})
+        if not group or wrong:
+            raise ValueError(f"{label} structures must be non-empty and all at the target {target!r} (found {wrong})")
+    if config.replay == "data":
+        wrong = sorted({s.fidelity for s in replay_structures} - {base})
+        if not replay_structures or wrong:
+            raise ValueError(f"replay='data' needs base-level ({base!r}) replay structures (found {wrong or 'none'})")
+    elif replay_structures:
+        raise ValueError(f"replay structures were given but replay={config.replay!r}; use replay='data'")
+
+    add = [] if target in own else [target]
+    potential = load_pretrained(name, add=add, like=base, state_dim=config.state_dim)
+    frozen = copy.deepcopy(potential).eval()
+    seed = config.train.seed
+    n_replay = int(round(config.replay_ratio * len(train_structures)))
+    if config.replay == "distill":
+        pool = [train_structures[k % len(train_structures)] for k in range(n_replay + max(1, n_replay // 4))]
+        replay = distilled(frozen, pool, base, config.rattle, seed)
+        replay_train, held_out = replay[:n_replay], replay[n_replay:]
+    elif config.replay == "data":
+        replay_train, held_out = _split(list(replay_structures), config.held_out_fraction, seed)
+        replay_train = replay_train[:n_replay] if n_replay else []
+    else:
+        replay_train, held_out = [], []
+
+    def measured() -> dict:
+        out = {"target_val": errors(potential, val_structures, target)}
+        return out | ({"base_held_out": errors(potential, held_out, base)} if held_out else {})
+
+    zero_shot = measured()
+    # user data from another code has another energy zero, at the base level too: refit both
+    refit_references_around(potential, [*train_structures, *replay_train])
+    before = measured()
+    if config.trainable == "adapter":
+        freeze_to_adapter(potential)
+
+    weights = {base: config.replay_weight, target: 1.0} if base != target else None
+    train_config = replace(config.train, monitor=target, fidelity_weights=weights)
+    result = train(
+        potential, [*train_structures, *replay_train], list(val_structures), train_config, out_dir=out_dir, fit_references=False
+    )
+    steps = sum(1 for _ in range(0, len(train_structures) + len(replay_train), train_config.batch_size))
+    report = {
+        "pretrained": name, "base_fidelity": base, "target": target, "replay": config.replay,
+        "settings": {k: v for k, v in asdict(config).items() if k != "train"} | {"train": asdict(train_config)},
+        "n_target_train": len(train_structures), "n_replay_train": len(replay_train), "n_base_held_out": len(held_out),
+        "optimizer_steps": steps * (len(result.history)), "best_epoch": result.best_epoch,
+        "zero_shot": zero_shot, "before": before, "after": measured(),
+    }  # fmt: skip
+    if out_dir is not None:
+        save_potential(potential, Path(out_dir) / "model.safetensors", extra={"finetuned_from": name})
+        text = json.dumps(report, indent=1, default=float)
+        atomic_write(Path(out_dir) / "finetune_report.json", lambda tmp: Path(tmp).write_text(text))
+    return FinetuneResult(potential, report)

@@ -1,0 +1,121 @@
+"""Fine-tuning a pretrained potential at a new fidelity with replay (fidelity_adapters.finetune),
+and the per-fidelity loss weights it relies on. Small water clusters from the bundled data,
+one or two epochs: these check that each option takes effect, not accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from fidelity_adapters import cli
+from fidelity_adapters.bundled import water_clusters
+from fidelity_adapters.finetune import FinetuneConfig, finetune
+from fidelity_adapters.pretrained import entry
+from fidelity_adapters.training import TrainConfig, _loss_terms
+
+from conftest import small_potential
+
+PBE_MODEL = "matgl:M3GNet-MatPES-PBE-v2025.1"
+needs_matgl_weights = pytest.mark.skipif(entry(PBE_MODEL).locate()[0] is None, reason="matgl MatPES weights not found")
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    data = water_clusters()
+    return [s for s in data if s.fidelity == "SCAN"][:10], [s for s in data if s.fidelity == "PBE"][:10]
+
+
+def _quick(**options) -> FinetuneConfig:
+    return FinetuneConfig(train=TrainConfig(max_epochs=1, learning_rate=1e-3, batch_size=4, progress=False), **options)
+
+
+def test_fidelity_weights_scale_each_fidelitys_squared_errors(clusters):
+    scan, pbe = clusters
+    potential = small_potential(["H", "O"], ["PBE", "SCAN"])
+    potential.fit_references(scan + pbe)
+    batch = Batch.from_data_list([potential.graph(s) for s in scan[:2] + pbe[:2]])
+    parts = {
+        name: _loss_terms(potential, Batch.from_data_list([potential.graph(s) for s in group]), TrainConfig(), False)
+        for name, group in (("SCAN", scan[:2]), ("PBE", pbe[:2]))
+    }
+    weighted = _loss_terms(potential, batch, TrainConfig(fidelity_weights={"PBE": 0.25}), False)
+    for key in ("e_se", "f_se"):
+        expected = parts["SCAN"][key] + 0.25 * parts["PBE"][key]
+        assert float(weighted[key]) == pytest.approx(float(expected), rel=1e-10)
+    assert float(weighted["e_n"]) == float(parts["SCAN"]["e_n"] + parts["PBE"]["e_n"])  # counts unweighted
+
+
+@needs_matgl_weights
+def test_distillation_replays_the_pretrained_model_and_reports_forgetting(clusters):
+    scan, _ = clusters
+    result = finetune(PBE_MODEL, "SCAN", scan[:6], scan[6:9], _quick(replay="distill"))
+    report = result.report
+    assert result.potential.fidelities == ["PBE", "SCAN"]
+    assert report["n_replay_train"] == 6 and report["n_base_held_out"] >= 1
+    assert report["before"]["base_held_out"]["force_mae"] < 1e-5  # its own labels, before training
+    assert report["after"]["base_held_out"]["force_mae"] > 1e-5  # training moved the shared network
+    assert report["zero_shot"]["target_val"]["energy_mae_per_atom"] > 100  # another code's energy zero ...
+    assert report["before"]["target_val"]["energy_mae_per_atom"] < 0.1  # ... removed by the reference correction
+    assert report["optimizer_steps"] == 3  # 12 structures, batches of 4, one epoch
+
+
+@needs_matgl_weights
+def test_replay_weight_zero_gives_the_replay_no_say(clusters):
+    scan, pbe = clusters
+    runs = [finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="data", replay_weight=w), replay_structures=pbe)
+            for w in (0.0, 1.0)]  # fmt: skip
+    without = finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="none"))
+    after = [r.report["after"]["target_val"]["force_mae"] for r in runs]
+    assert after[0] != pytest.approx(after[1], rel=1e-6)  # the weight takes effect
+    assert runs[0].report["n_replay_train"] == 4 and without.report["n_replay_train"] == 0
+
+
+@needs_matgl_weights
+def test_adapter_training_leaves_the_pretrained_interactions_alone(clusters):
+    scan, _ = clusters
+    result = finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="adapter"))
+    from fidelity_adapters.pretrained import load_pretrained
+
+    original = load_pretrained(PBE_MODEL, add=["SCAN"]).backbone
+    tuned = result.potential.backbone
+    assert torch.equal(tuned.three_body[0].atom_gate[0].weight, original.three_body[0].atom_gate[0].weight)
+    first, first0 = tuned.blocks[1].node_update.value[0].weight, original.blocks[1].node_update.value[0].weight
+    assert torch.equal(first[:, :-16], first0[:, :-16])  # pretrained columns kept
+    assert not torch.equal(first[:, -16:], first0[:, -16:])  # state columns trained
+    assert not torch.equal(tuned.readouts[0].value[0].weight, original.readouts[0].value[0].weight)
+
+
+@needs_matgl_weights
+def test_bad_requests_are_named(clusters):
+    scan, pbe = clusters
+    with pytest.raises(ValueError, match="needs base-level"):
+        finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="data"))
+    with pytest.raises(ValueError, match="not one of"):
+        finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(), base_fidelity="r2SCAN")
+    with pytest.raises(ValueError, match="all at the target"):
+        finetune(PBE_MODEL, "SCAN", scan[:4] + pbe[:1], scan[4:6], _quick())
+    with pytest.raises(ValueError, match="replay must be"):
+        finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="sometimes"))
+
+
+@needs_matgl_weights
+def test_cli_finetune_uses_base_frames_as_replay(clusters, tmp_path, capsys):
+    scan, pbe = clusters
+    path = tmp_path / "data.extxyz"
+    frames = [s.to_atoms() for s in scan[:6] + pbe[:4]]
+    for atoms, s in zip(frames, scan[:6] + pbe[:4]):
+        atoms.info["energy"] = s.energy
+        atoms.arrays["forces"] = s.forces
+    ase.io.write(path, frames)
+    out = tmp_path / "run"
+    assert cli.main(["finetune", str(path), "--from", PBE_MODEL, "--target", "SCAN", "--out", str(out), "--epochs", "1"]) == 0
+    assert "replay data" in capsys.readouterr().out
+    report = json.loads((out / "finetune_report.json").read_text())
+    assert report["n_replay_train"] == 3 and report["n_base_held_out"] == 1  # a fifth of the replay held out
+    assert np.isfinite(report["after"]["target_val"]["force_mae"])
+    assert (out / "model.safetensors").exists()
