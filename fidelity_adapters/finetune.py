@@ -23,7 +23,6 @@ training) and after training, and the optimizer steps taken, for comparisons at 
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -163,12 +162,11 @@ def finetune(
 
     add = [] if target in own else [target]
     potential = load_pretrained(name, add=add, like=base, state_dim=config.state_dim)
-    frozen = copy.deepcopy(potential).eval()
     seed = config.train.seed
     n_replay = int(round(config.replay_ratio * len(train_structures)))
     if config.replay == "distill":
         pool = [train_structures[k % len(train_structures)] for k in range(n_replay + max(1, n_replay // 4))]
-        replay = distilled(frozen, pool, base, config.rattle, seed)
+        replay = distilled(potential, pool, base, config.rattle, seed)  # still the pretrained model here
         replay_train, held_out = replay[:n_replay], replay[n_replay:]
     elif config.replay == "data":
         replay_train, held_out = _split(list(replay_structures), config.held_out_fraction, seed)
