@@ -99,8 +99,9 @@ class SphericalBesselHarmonics(nn.Module):
         return self.with_angles(self.radial(r), cos_theta)
 
     def radial(self, r: torch.Tensor) -> torch.Tensor:
-        """(E,) distances -> (E, max_l * max_n) normalised j_l(z_ln r / rc). A function of the
-        bond ik alone: computed per edge and gathered to triplets, ~8x fewer evaluations."""
+        """(E,) distances -> (E, max_l * max_n) normalised j_l(z_ln r / rc), or the smooth
+        Bessel functions when built with smooth=True. A function of the bond ik alone: computed
+        per edge and gathered to triplets, ~8x fewer evaluations."""
         if self.smooth is not None:
             return self.smooth(r)
         columns = [_spherical_bessel(l, r[:, None] * self.roots[l] / self.cutoff) * self.norm[l] for l in range(self.max_l)]
