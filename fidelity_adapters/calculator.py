@@ -12,16 +12,33 @@ class FidelityCalculator(Calculator):
     """Energy, forces and (for fully periodic cells) stress at `fidelity`.
 
     The fidelity is required and checked against the model's names when the calculator is
-    made: a typo is an error here, not a silent default in the middle of an MD run.
+    made: a typo is an error here, not a silent default in the middle of an MD run. It is an
+    ASE parameter: changing it (`calc.fidelity = ...` or `calc.set(fidelity=...)`) discards
+    the results computed at the old one.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, potential, fidelity: str, **kwargs):
-        super().__init__(**kwargs)
-        potential.fidelity_state.index(fidelity)
         self.potential = potential.eval()
+        super().__init__(**kwargs)
         self.fidelity = fidelity
+
+    @property
+    def fidelity(self) -> str:
+        return self.parameters["fidelity"]
+
+    @fidelity.setter
+    def fidelity(self, name: str) -> None:
+        self.set(fidelity=name)
+
+    def set(self, **kwargs) -> dict:
+        if "fidelity" in kwargs:
+            self.potential.fidelity_state.index(kwargs["fidelity"])
+        changed = super().set(**kwargs)
+        if changed:
+            self.reset()
+        return changed
 
     @classmethod
     def from_file(cls, path, fidelity: str, device: str = "cpu") -> "FidelityCalculator":

@@ -42,10 +42,10 @@ SMALL_MODEL = {"node_dim": 16, "edge_dim": 16, "hidden": [16], "readout_hidden":
 
 @dataclass
 class CompareSettings:
-    # extxyz files, each a path or {path, start, every, limit}; empty: the bundled PBE/SCAN water clusters
+    # extxyz files, each a path or {path, start, every, limit}; empty: the bundled PBE/r2SCAN/SCAN water clusters
     data: list[str | dict] = field(default_factory=list)
     lofi: list[str] = field(default_factory=lambda: ["PBE"])
-    hifi: str = "SCAN"
+    hifi: str = "r2SCAN"
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     strategy_fractions: dict[str, list[float]] = field(default_factory=dict)  # per-strategy fractions, e.g. single
@@ -101,6 +101,14 @@ class CompareSettings:
                 raise ValueError(f"unknown sampling {method!r}; known: {list(METHODS)}")
         if not self.strategies or not self.seeds or not self.sampling:
             raise ValueError("strategies, seeds and sampling must each name at least one")
+        if "transfer" in self.strategies:  # a freeze prefix the backbone lacks fails now, not after the low-fidelity model
+            from .strategies.transfer import freeze
+
+            try:
+                probe = RECIPES[self.backbone](["H"], ["probe"], seed=0, **self.model)
+            except TypeError as error:
+                raise ValueError(f"model options {self.model} do not fit backbone {self.backbone}: {error}") from None
+            freeze(probe, self.freeze)
 
 
 QUICK = {"epochs": 2, "fractions": [0.05, 0.1], "strategy_fractions": {}, "seeds": [0], "batch_size": 8, "model": SMALL_MODEL}

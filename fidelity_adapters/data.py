@@ -12,6 +12,7 @@ import gzip
 import io
 import itertools
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -72,7 +73,7 @@ def from_atoms(atoms: Atoms, fidelity: str | None = None, label: str = "structur
     if name is None:
         raise ValueError(f"{label}: no fidelity given (pass fidelity=... or set atoms.info['fidelity'])")
     info = {k: v for k, v in atoms.info.items() if k not in ("energy", "stress", "fidelity")}
-    return LabelledStructure(
+    structure = LabelledStructure(
         numbers=np.asarray(atoms.numbers, dtype=np.int64),
         positions=np.asarray(atoms.positions, dtype=np.float64),
         cell=np.asarray(atoms.cell.array, dtype=np.float64),
@@ -84,6 +85,18 @@ def from_atoms(atoms: Atoms, fidelity: str | None = None, label: str = "structur
         label=label,
         info=info,
     )
+    check_labels(structure)
+    return structure
+
+
+def check_labels(structure: LabelledStructure) -> None:
+    """An infinite label is an error, never a missing one (NaN energy = no energy label)."""
+    s = structure
+    if np.isinf(s.energy):
+        raise ValueError(f"{s.label}: energy is {s.energy}; leave it out (or NaN) if the structure has no energy label")
+    for name, value in (("forces", s.forces), ("stress", s.stress)):
+        if value is not None and np.isinf(value).any():
+            raise ValueError(f"{s.label}: {name} contain infinite values")
 
 
 def from_pymatgen(
@@ -106,27 +119,38 @@ def from_pymatgen(
     return result
 
 
-def _frames(path: Path, every: int, limit: int | None, start: int = 0) -> Iterator[tuple[int, Atoms]]:
+def stream_frames(path: Path, every: int, limit: int | None, start: int = 0) -> Iterator[tuple[int, Atoms]]:
     """Stream extxyz frames one at a time (ASE's reader indexes the whole file first, which
-    takes minutes on the large public water sets); parse only the frames kept."""
+    takes minutes on the large public water sets); parse only the frames kept. A truncated or
+    corrupt file is a ValueError naming the file and frame."""
     opener = gzip.open if path.suffix == ".gz" else open
     taken = 0
-    with opener(path, "rt") as handle:
-        for index in itertools.count():
-            header = handle.readline()
-            if not header.strip():
-                return
-            try:
-                n_atoms = int(header)
-            except ValueError:
-                raise ValueError(f"{path.name}:{index}: expected an atom count, found {header.strip()[:40]!r}") from None
-            lines = [header, *(handle.readline() for _ in range(n_atoms + 1))]
-            if index < start or (index - start) % every:
-                continue
-            yield index, read(io.StringIO("".join(lines)), format="extxyz")
-            taken += 1
-            if limit is not None and taken >= limit:
-                return
+    index = 0
+    try:
+        with opener(path, "rt") as handle:
+            for index in itertools.count():
+                header = handle.readline()
+                if not header.strip():
+                    return
+                try:
+                    n_atoms = int(header)
+                except ValueError:
+                    raise ValueError(f"{path.name}:{index}: expected an atom count, found {header.strip()[:40]!r}") from None
+                lines = [header, *(handle.readline() for _ in range(n_atoms + 1))]
+                if "" in lines[1:]:  # readline gives "" only at the end of the file
+                    raise ValueError(f"{path.name}:{index}: the file ends inside this frame ({n_atoms} atoms announced)")
+                if index < start or (index - start) % every:
+                    continue
+                try:
+                    atoms = read(io.StringIO("".join(lines)), format="extxyz")
+                except Exception as error:  # ASE raises several types for a malformed frame
+                    raise ValueError(f"{path.name}:{index}: cannot parse the frame ({type(error).__name__}: {error})") from None
+                yield index, atoms
+                taken += 1
+                if limit is not None and taken >= limit:
+                    return
+    except (EOFError, gzip.BadGzipFile, UnicodeDecodeError, zlib.error) as error:
+        raise ValueError(f"{path.name}: truncated or corrupt after frame {index} ({type(error).__name__}: {error})") from None
 
 
 def read_structures(
@@ -147,7 +171,7 @@ def read_structures(
         raise FileNotFoundError(f"data file not found: {path}")
     if every < 1 or start < 0 or (limit is not None and limit < 1):
         raise ValueError(f"{path}: every must be >= 1, start >= 0 and limit >= 1 (got {every}, {start}, {limit})")
-    frames = _frames(path, every, limit, start)
+    frames = stream_frames(path, every, limit, start)
     return [
         from_atoms(a, fidelity=fidelity or (None if "fidelity" in a.info else default_fidelity), label=f"{path.name}:{k}")
         for k, a in frames
@@ -190,6 +214,7 @@ def validate(structure: LabelledStructure, overlaps: bool = True) -> None:
         raise ValueError(f"{s.label}: cell is NaN or infinite")
     if s.forces is not None and s.forces.shape != s.positions.shape:
         raise ValueError(f"{s.label}: forces have shape {s.forces.shape}, expected {s.positions.shape}")
+    check_labels(s)
     if overlaps:
         check_closest_pair(s, *neighbor_list_and_closest(s.positions, s.cell, s.pbc, MIN_DISTANCE))
 

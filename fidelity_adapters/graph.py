@@ -55,7 +55,10 @@ def build_graph(
     if check:  # overlapping atoms are found from the graph's own neighbour list below
         validate(s, overlaps=cutoff < MIN_DISTANCE)
     species = species_indices(s.numbers, elements, s.label)
-    i, j, shifts, closest = neighbor_list_and_closest(s.positions, s.cell, s.pbc, cutoff)
+    try:
+        i, j, shifts, closest = neighbor_list_and_closest(s.positions, s.cell, s.pbc, cutoff)
+    except ValueError as error:  # cell errors, named by the structure they belong to
+        raise ValueError(f"{s.label}: {error}") from None
     if check:
         check_closest_pair(s, i, j, shifts, closest)
     n = len(s)

@@ -169,10 +169,11 @@ def neighbor_list_and_closest(
             cell = _complete_cell(cell, pbc, positions)
         elif abs(np.linalg.det(cell)) < 1e-9:
             raise ValueError("periodic cell has zero volume")
+        pad = cutoff / _face_distances(cell)
+        _check_density(n, cell, pbc, pad, cutoff)
         frac = np.linalg.solve(cell.T, positions.T).T
         offset = np.where(pbc, np.floor(frac), 0.0).astype(np.int64)
         frac = frac - offset
-        pad = cutoff / _face_distances(cell)
         reps = np.where(pbc, np.ceil(pad), 0).astype(np.int64)
         image_atom, image_shift = _images(frac, pbc, reps, np.where(pbc, pad, 0.0))
         wrapped = frac @ cell
@@ -180,6 +181,24 @@ def neighbor_list_and_closest(
         return _search(wrapped, image_pos, image_atom, image_shift, offset, cutoff)
     zero = np.zeros((n, 3), np.int64)
     return _search(positions, positions, np.arange(n, dtype=np.int64), zero, zero, cutoff)
+
+
+MAX_NEIGHBOURS_PER_ATOM = 5000  # dense solids at a 10 A cutoff have about 400
+MAX_IMAGES = 20_000_000
+
+
+def _check_density(n: int, cell: np.ndarray, pbc: np.ndarray, pad: np.ndarray, cutoff: float) -> None:
+    """Refuse a cell so thin (nearly singular) that the search would take minutes and GiB,
+    before searching: its periodic images would crowd every cutoff sphere."""
+    volume = abs(np.linalg.det(cell))
+    images = n * np.prod(np.where(pbc, 2 * np.ceil(pad) + 1, 1.0))
+    per_atom = n / volume * 4.0 / 3.0 * np.pi * cutoff**3 if pbc.all() else 0.0
+    if images > MAX_IMAGES or per_atom > MAX_NEIGHBOURS_PER_ATOM:
+        heights = np.round(_face_distances(cell), 6).tolist()
+        raise ValueError(
+            f"cell too thin for a {cutoff} A cutoff: face distances {heights} A give about {per_atom:.3g} "
+            f"neighbours per atom and {images:.3g} periodic images; is the cell nearly singular?"
+        )
 
 
 def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:

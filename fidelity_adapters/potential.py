@@ -180,8 +180,7 @@ class Potential(nn.Module):
             if forces:
                 out["forces"] = -grads[0]
             if stress:
-                volume = torch.linalg.det(batch.cell.to(dtype)).abs()
-                out["stress"] = grads[-1] / volume[:, None, None]
+                out["stress"] = _stress(grads[-1], batch.cell.to(dtype))
         return out
 
     def predict(self, structures, fidelity: str, batch_size: int = 16, stress: bool = False) -> list[dict]:
@@ -280,3 +279,12 @@ def wrap(
     potential = Potential(backbone, FidelityState(fidelities, len(numbers), inject_dim), numbers, injector)
     check_fidelity_reaches_output(potential)
     return potential
+
+
+def _stress(strain_gradient: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """(1/V) dE/dstrain; NaN for a cell without volume (a molecule), never a division by zero,
+    whose infinite gradient would turn the weights into NaN even where the stress loss is masked."""
+    volume = torch.linalg.det(cell).abs()[:, None, None]
+    has_volume = volume > 0
+    per_volume = strain_gradient / torch.where(has_volume, volume, torch.ones_like(volume))
+    return torch.where(has_volume, per_volume, torch.full_like(per_volume, float("nan")))

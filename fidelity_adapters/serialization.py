@@ -34,8 +34,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
         write(tmp)
+        # mkstemp makes owner-only files, and some writers (safetensors) replace the file: set the
+        # usual permissions on what was written
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -129,3 +129,35 @@ def paper_split(
         settings=dict(lofi=lofi, hifi=hifi, hifi_fraction=hifi_fraction, seed=seed,
                       holdout_fraction=holdout_fraction, shared_structures=shared, n_candidates=len(candidates)),
     )  # fmt: skip
+
+
+def validation_split(
+    structures: Sequence[LabelledStructure], val_fraction: float, seed: int, must_validate: str | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, validation) indices where structures of one geometry (shared struct_id) stay on
+    one side, so no geometry is trained at one fidelity and validated at another.
+
+    Each fidelity gets about `val_fraction` of its geometries in validation; the fidelities
+    with the fewest structures are drawn first, as their linked geometries then decide the
+    larger ones' sides. `must_validate` gets at least one validation geometry if any is free.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction {val_fraction}: must be between 0 and 1 (exclusive)")
+    ids = [geometry_id(s, k) for k, s in enumerate(structures)]
+    geometries_of: dict[str, set[str]] = {}
+    for s, g in zip(structures, ids):
+        geometries_of.setdefault(s.fidelity, set()).add(g)
+    rng = np.random.default_rng(seed)
+    in_validation: dict[str, bool] = {}
+    for name in sorted(geometries_of, key=lambda n: (len(geometries_of[n]), n)):
+        own = geometries_of[name]
+        free = sorted(own - set(in_validation))
+        wanted = int(round(val_fraction * len(own)))
+        if name == must_validate:
+            wanted = max(wanted, 1)
+        need = max(0, wanted - sum(in_validation.get(g, False) for g in own))
+        for position, k in enumerate(rng.permutation(len(free))):
+            in_validation[free[k]] = position < need
+    train = [k for k, g in enumerate(ids) if not in_validation[g]]
+    validation = [k for k, g in enumerate(ids) if in_validation[g]]
+    return train, validation

@@ -13,15 +13,21 @@ on the same directory resumes from the last finished epoch.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import os
+import socket
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
@@ -44,6 +50,17 @@ class TrainConfig:
     monitor: str | None = None  # fidelity whose validation loss drives early stopping; None: all
     refit_references: bool = False  # after training, refit the references around the best network
     fidelity_weights: dict[str, float] | None = None  # loss weight of each fidelity's structures; absent: 1
+
+    def __post_init__(self) -> None:
+        """Out-of-range settings are errors here, before anything trains (epochs 0 would save an untrained model)."""
+        positive = {"max_epochs": self.max_epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                    "final_lr_fraction": self.final_lr_fraction}  # fmt: skip
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"TrainConfig.{name} = {value}: must be > 0")
+        for name, value in {"force_weight": self.force_weight, "stress_weight": self.stress_weight, "patience": self.patience}.items():
+            if not value >= 0:
+                raise ValueError(f"TrainConfig.{name} = {value}: must be >= 0")
 
 
 @dataclass
@@ -152,10 +169,40 @@ def train(
     that way). `fit_references=False` keeps the reference energies and scale the potential
     already has, for a caller that fitted them itself. With `config.refit_references` the
     references are refitted around the best network on the training structures at the end
-    (and saved with it); the validation losses of the history are from before."""
+    (and saved with it); the validation losses of the history are from before. Two runs into
+    one out_dir are refused (a lock file there), not left to overwrite each other."""
     config = config or TrainConfig()
-    if out_dir is not None:
-        metadata_of(potential)  # a model that cannot be saved fails now, not after its first epoch
+    if out_dir is None:
+        return _train(potential, train_structures, val_structures, config, None, fit_references)
+    metadata_of(potential)  # a model that cannot be saved fails now, not after its first epoch
+    with run_lock(out_dir):
+        return _train(potential, train_structures, val_structures, config, out_dir, fit_references)
+
+
+@contextmanager
+def run_lock(out_dir: str | Path):
+    """Hold out_dir for one run; a second run gets an error naming the holder."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(out / ".run.lock")
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = out / ".run.lock.owner"
+        holder = owner.read_text().strip() if owner.exists() else "owner unknown"
+        raise ValueError(f"{out} is in use by another run ({holder}); wait for it or use another directory") from None
+    except OSError as error:
+        raise ValueError(f"{out}: cannot write the run there ({error.strerror or error})") from None
+    owner = out / ".run.lock.owner"
+    try:
+        owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _train(potential, train_structures, val_structures, config: TrainConfig, out_dir, fit_references: bool) -> TrainResult:
     _check_data(potential, train_structures, val_structures, config)
     torch.manual_seed(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
@@ -169,9 +216,14 @@ def train(
     )
     start_epoch, best_loss, best_epoch, history = 0, math.inf, -1, []
     best_state = None
+    run_fingerprint = None
+    if checkpoint_path is not None:  # as JSON reads it back (tuples become lists)
+        run_fingerprint = json.loads(json.dumps(fingerprint(potential, train_structures, val_structures)))
     if checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         _check_same_config(checkpoint_path, json.loads(state["config"]), config)
+        if "fingerprint" in state:  # checkpoints from before fingerprints resume unchecked
+            _check_same_run(checkpoint_path, json.loads(state["fingerprint"]), run_fingerprint)
         potential.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -179,6 +231,8 @@ def train(
         start_epoch, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         history = json.loads(state["history"])
         torch.set_rng_state(state["rng"])
+        if config.progress:
+            print(f"resuming from {checkpoint_path} after epoch {state['epoch']} (best epoch {best_epoch})", file=sys.stderr)
     elif fit_references:
         potential.fit_references(train_structures)
 
@@ -220,6 +274,7 @@ def train(
                 "scheduler": scheduler.state_dict(), "best_model": best_state, "epoch": epoch,
                 "best_val_loss": best_loss, "best_epoch": best_epoch, "history": json.dumps(history),
                 "rng": torch.get_rng_state(), "config": json.dumps(asdict(config)),
+                "fingerprint": json.dumps(run_fingerprint),
             })  # fmt: skip
     bar.close()
     if best_state is not None:
@@ -239,6 +294,37 @@ def _check_same_config(path: Path, saved: dict, config: TrainConfig) -> None:
     if changed:
         raise ValueError(f"{path} was written with other settings ({'; '.join(changed)}); "
                          "resume with the same settings or train into a new directory")  # fmt: skip
+
+
+def data_digest(structures: Sequence[LabelledStructure]) -> str:
+    """SHA-256 of the structures in order: geometry, fidelity name and labels."""
+    digest = hashlib.sha256()
+    for s in structures:
+        digest.update(s.fidelity.encode() + b"\0")
+        for array in (s.numbers, s.positions, s.cell, s.pbc, np.float64(s.energy), s.forces, s.stress):
+            digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(potential: Potential, train_structures, val_structures) -> dict:
+    """What a checkpoint's weights mean: the model (fidelity order included) and the data split."""
+    meta = metadata_of(potential)
+    return {
+        "fidelities": potential.fidelities,
+        "elements": potential.elements,
+        "model": {k: meta[k] for k in ("backbone", "backbone_config", "dtype", "injection")},
+        "training data": f"{len(train_structures)} structures, sha256 {data_digest(train_structures)[:16]}",
+        "validation data": f"{len(val_structures)} structures, sha256 {data_digest(val_structures)[:16]}",
+    }
+
+
+def _check_same_run(path: Path, saved: dict, current: dict) -> None:
+    """Resuming with other data, another split or another fidelity order would carry weights
+    over to what they do not mean (PBE weights labelled SCAN): refuse, naming what changed."""
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if changed:
+        raise ValueError(f"{path} belongs to another run ({'; '.join(changed)}); "
+                         "resume with the same data, split, fidelities and model, or train into a new directory")  # fmt: skip
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

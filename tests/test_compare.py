@@ -97,6 +97,9 @@ def test_bad_settings_are_named(cu_file, tmp_path):
         Comparison(tiny(cu_file, strategies=["tl"]), tmp_path / "a")
     with pytest.raises(ValueError, match="unknown sampling"):
         Comparison(tiny(cu_file, sampling=["kmeans"]), tmp_path / "b")
+    with pytest.raises(ValueError, match="freeze prefix 'atom_embedding' matches no backbone parameter"):
+        Comparison(tiny(cu_file, backbone="NequIPStyle", strategies=["transfer"], model={}), tmp_path / "t")
+    assert not (tmp_path / "t").exists()  # refused before anything was written or trained
     with pytest.raises(ValueError, match="'SCAN' is in no data file"):
         Comparison(tiny(cu_file, hifi="SCAN"), tmp_path / "c")
     with pytest.raises(ValueError, match="only"):
@@ -158,3 +161,23 @@ def test_a_sweep_saved_before_a_setting_existed_resumes(cu_file, tmp_path):
     path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="backbone"):
         Comparison(settings, tmp_path / "sweep")
+
+
+def test_validation_split_keeps_each_geometry_on_one_side():
+    from conftest import paired_cu
+    from fidelity_adapters.splits import validation_split
+
+    data = paired_cu(20)  # every geometry at 'lo' and 'hi'
+    data += [s for s in paired_cu(10, seed=1, shared=False) if s.fidelity == "lo"]  # 'lo'-only geometries
+    for k, s in enumerate(data[40:]):
+        s.info["struct_id"] = 100 + k
+    train_ids, val_ids = validation_split(data, 0.25, seed=3, must_validate="hi")
+    assert sorted(train_ids + val_ids) == list(range(len(data)))
+    geometry = lambda ids: {data[k].info["struct_id"] for k in ids}  # noqa: E731
+    assert not geometry(train_ids) & geometry(val_ids)
+    for name in ("lo", "hi"):
+        count = sum(data[k].fidelity == name for k in val_ids)
+        total = sum(s.fidelity == name for s in data)
+        assert abs(count - 0.25 * total) <= 1, (name, count, total)
+    assert validation_split(data, 0.25, seed=3, must_validate="hi") == (train_ids, val_ids)
+    assert validation_split(data, 0.25, seed=4, must_validate="hi") != (train_ids, val_ids)

@@ -146,6 +146,26 @@ def test_corrupt_extxyz_names_the_frame(tmp_path):
         read_structures(tmp_path / "bad.extxyz")
 
 
+def test_truncated_or_corrupt_files_name_file_and_frame(tmp_path):
+    write(tmp_path / "whole.extxyz", [labelled(water_dimer(seed=k), "PBE") for k in range(3)])
+    text = (tmp_path / "whole.extxyz").read_bytes()
+    (tmp_path / "cut.extxyz").write_bytes(text[: text.rindex(b"\n", 0, len(text) - 300) + 1])  # ends inside frame 2
+    with pytest.raises(ValueError, match=r"cut.extxyz:2: the file ends inside this frame"):
+        read_structures(tmp_path / "cut.extxyz")
+    packed = gzip.compress(text)
+    (tmp_path / "cut.extxyz.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ValueError, match=r"cut.extxyz.gz: truncated or corrupt after frame \d"):
+        read_structures(tmp_path / "cut.extxyz.gz")
+    (tmp_path / "junk.extxyz.gz").write_bytes(b"not gzip at all" * 10)
+    with pytest.raises(ValueError, match=r"junk.extxyz.gz: truncated or corrupt after frame 0"):
+        read_structures(tmp_path / "junk.extxyz.gz")
+    lines = text.decode().splitlines()
+    lines[3] = "H 0.0 zero 0.0 0.1 0.1 0.1"  # a coordinate that is not a number
+    (tmp_path / "word.extxyz").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"word.extxyz:0: cannot parse the frame"):
+        read_structures(tmp_path / "word.extxyz")
+
+
 def test_subsampling_by_geometry_keeps_every_label_of_a_kept_geometry():
     from conftest import paired_cu
 

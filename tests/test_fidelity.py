@@ -34,6 +34,20 @@ def test_unknown_fidelity_name_lists_the_known_ones(si_potential):
         si_potential.predict([from_atoms(rattled_si())], "pbe")  # names are case-sensitive
 
 
+def test_changing_the_calculators_fidelity_discards_the_old_results(si_potential):
+    atoms = rattled_si()
+    atoms.calc = FidelityCalculator(si_potential, "PBE")
+    pbe = atoms.get_potential_energy()
+    atoms.calc.fidelity = "SCAN"
+    scan = atoms.get_potential_energy()
+    assert scan != pytest.approx(pbe, abs=1e-8)
+    atoms.calc.set(fidelity="PBE")
+    assert atoms.get_potential_energy() == pytest.approx(pbe, abs=1e-12)
+    with pytest.raises(UnknownFidelityError):
+        atoms.calc.fidelity = "r2SCAN"
+    assert atoms.calc.fidelity == "PBE"
+
+
 def test_wrap_refuses_fidelities_a_backbone_cannot_take():
     with pytest.raises(ValueError, match="no global state"):
         wrap(M3GNet(n_elements=1, state_dim=0), ["PBE", "SCAN"], ["Si"])

@@ -78,3 +78,16 @@ def test_closest_is_the_shortest_edge(seed):
     lengths = np.linalg.norm(atoms.positions[j] + shifts @ atoms.cell.array - atoms.positions[i], axis=1)
     assert len(lengths) and lengths[closest] == pytest.approx(lengths.min())
     assert neighbor_list_and_closest(atoms.positions, atoms.cell.array, atoms.pbc, 1e-3)[3] == -1
+
+
+def test_nearly_singular_cell_is_refused_at_once_naming_the_structure(si_potential):
+    from fidelity_adapters import from_atoms
+
+    atoms = Atoms("Si2", positions=[[0, 0, 0], [2.5, 0, 2.5]], cell=[[5, 0, 0], [5, 1e-6, 0], [0, 0, 5]], pbc=True)
+    atoms.info["fidelity"] = "PBE"
+    with pytest.raises(ValueError, match=r"thin cell: cell too thin for a .* A cutoff: face distances"):
+        si_potential.graph(from_atoms(atoms, label="thin cell"))
+    # (refused before searching; it used to take minutes and 15 GiB)
+    flat = Atoms("Si", positions=[[0, 0, 0]], cell=[[5, 0, 0], [5, 0, 0], [0, 0, 5]], pbc=True)
+    with pytest.raises(ValueError, match="flat cell: periodic cell has zero volume"):
+        si_potential.graph(from_atoms(flat, fidelity="PBE", label="flat cell"))

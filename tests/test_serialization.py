@@ -32,6 +32,21 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     assert meta["backbone"] == "M3GNet" and meta["fidelities"] == ["PBE", "SCAN"]
 
 
+def test_model_files_and_checkpoints_get_the_same_usual_permissions(tmp_path):
+    import os
+
+    from fidelity_adapters.serialization import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        save_potential(small_potential(["Si"], ["PBE", "SCAN"]), tmp_path / "model.safetensors")
+        atomic_write(tmp_path / "checkpoint.pt", lambda tmp: torch.save({"a": 1}, tmp))
+    finally:
+        os.umask(umask)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("model.safetensors", "checkpoint.pt")}
+    assert modes == {"model.safetensors": 0o644, "checkpoint.pt": 0o644}
+
+
 def test_truncated_model_file_is_reported(tmp_path):
     potential = small_potential(["Si"], ["PBE", "SCAN"])
     save_potential(potential, tmp_path / "model.safetensors")

@@ -66,6 +66,22 @@ def test_force_and_stress_weights_take_effect():
     assert no_forces < plain < stressed
 
 
+def test_stress_training_with_a_molecule_in_the_batch_keeps_the_weights_finite():
+    from ase import Atoms
+
+    bulk_cells = emt_structures(3)
+    for s in bulk_cells:
+        s.stress = np.eye(3) * 0.01
+    dimer = labelled(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.4]]), "lo", -1.0, np.zeros((2, 3)), "Cu2 molecule")
+    assert not dimer.pbc.any() and dimer.stress is None
+    potential = cu_potential()
+    result = train(potential, bulk_cells + [dimer], bulk_cells[:1], quick(max_epochs=1, stress_weight=1.0, batch_size=4))
+    assert np.isfinite(result.history[-1]["loss"])
+    assert all(torch.isfinite(p).all() for p in potential.parameters())
+    out = potential(potential.graph(dimer), stress=True)
+    assert torch.isnan(out["stress"]).all() and torch.isfinite(out["forces"]).all()
+
+
 def test_forces_are_skipped_when_they_cannot_count(monkeypatch):
     """Energy-only batches (CASPT2-like) and force_weight 0 ask the potential for energies only,
     and the loss is then the same whatever the force labels say."""
@@ -132,6 +148,36 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert (tmp_path / "split" / "best_model.safetensors").exists()
     with pytest.raises(ValueError, match="max_epochs: 4 -> 8"):
         train(fresh, data[:18], data[18:], quick(max_epochs=8), out_dir=tmp_path / "split")
+
+
+def test_resume_refuses_other_data_split_or_fidelity_order(tmp_path):
+    data = emt_structures()
+    out = tmp_path / "run"
+    train(cu_potential(), data[:18], data[18:], quick(max_epochs=1), out_dir=out)
+    with pytest.raises(ValueError, match="training data"):  # other data
+        train(cu_potential(), data[:17], data[18:], quick(max_epochs=1), out_dir=out)
+    with pytest.raises(ValueError, match="validation data"):  # same data, other split
+        train(cu_potential(), data[:16] + data[18:20], data[16:18] + data[20:], quick(max_epochs=1), out_dir=out)
+    swapped = small_potential(["Cu"], ["hi", "lo"], cutoff=3.0, three_body_cutoff=2.8)
+    with pytest.raises(ValueError, match=r"fidelities: \['lo', 'hi'\] -> \['hi', 'lo'\]"):
+        train(swapped, data[:18], data[18:], quick(max_epochs=1), out_dir=out)
+    three = small_potential(["Cu"], ["lo", "hi", "x"], cutoff=3.0, three_body_cutoff=2.8)
+    with pytest.raises(ValueError, match="belongs to another run"):  # another fidelity set: no state_dict traceback
+        train(three, data[:18], data[18:], quick(max_epochs=1), out_dir=out)
+    resumed = train(cu_potential(), data[:18], data[18:], quick(max_epochs=1), out_dir=out)
+    assert [h["epoch"] for h in resumed.history] == [0]  # the same run resumes (here: already finished)
+
+
+def test_a_second_run_into_a_held_directory_is_refused_naming_the_holder(tmp_path):
+    import os
+
+    data = emt_structures()
+    with training.run_lock(tmp_path / "run"):
+        with pytest.raises(ValueError, match=f"in use by another run \\(pid {os.getpid()} on "):
+            train(cu_potential(), data[:18], data[18:], quick(max_epochs=1), out_dir=tmp_path / "run")
+        assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    train(cu_potential(), data[:18], data[18:], quick(max_epochs=1), out_dir=tmp_path / "run")  # free again
+    assert (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / ".run.lock.owner").exists()
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):
