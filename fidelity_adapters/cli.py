@@ -1,4 +1,4 @@
-"""Command line: `fidelity-adapters demo | train | evaluate | compare | info | eos | relax | md | rdf`."""
+"""Command line: `fidelity-adapters demo | train | evaluate | compare | info | eos | relax | md | rdf | label | pretrained | finetune`."""
 
 from __future__ import annotations
 
@@ -18,15 +18,44 @@ def _demo(args) -> None:
     run_demo(args.out, epochs=args.epochs, hifi_fraction=args.hifi_fraction, batch_size=args.batch_size, seed=args.seed)
 
 
+def _label(args) -> int:
+    from dataclasses import replace
+
+    from .data import stream_frames
+    from .pyscf_labeller import check_convergence, finer, label_into, level_of
+
+    level = level_of(args.fidelity)
+    overrides = {"grid_level": args.grid, "basis": args.basis, "grid_response": args.grid_response}
+    level = replace(level, **{k: v for k, v in overrides.items() if v is not None})
+    frames = []
+    for index, atoms in stream_frames(Path(args.data), every=1, limit=None):
+        atoms.info.setdefault("struct_id", index)
+        frames.append(atoms)
+    if not frames:
+        raise ValueError(f"{args.data}: no structures")
+    if args.check_convergence:
+        rng = np.random.default_rng(args.seed)
+        picked = np.sort(rng.choice(len(frames), min(args.sample, len(frames)), replace=False))
+        check = check_convergence([frames[k] for k in picked], args.fidelity, level, finer(level, args.reference_grid))
+        print(check.report())
+        return 0 if check.passed else 1
+    if args.out is None:
+        raise ValueError("label needs --out (or --check-convergence)")
+    print(f"labelling {len(frames)} structures of {args.data} at {level.describe()} into {args.out}")
+    label_into(frames, args.fidelity, args.out, level)
+    return 0
+
+
 def _train(args) -> None:
     from .data import fidelities_of, read_structures
     from .recipes import m3gnet_potential
     from .serialization import save_potential
-    from .training import TrainConfig, split_indices, train
+    from .splits import validation_split
+    from .training import TrainConfig, train
 
     structures = []
     for path in args.data:
-        structures.extend(read_structures(path, fidelity=args.data_fidelity, every=args.every, limit=args.limit))
+        structures.extend(read_structures(path, default_fidelity=args.data_fidelity, every=args.every, limit=args.limit))
     if not structures:
         raise ValueError("no structures in the given data files")
     found = fidelities_of(structures)
@@ -36,16 +65,12 @@ def _train(args) -> None:
         raise ValueError(f"data has fidelities {unknown} that are not in --fidelities {fidelities}")
     if args.target is not None and args.target not in fidelities:
         raise ValueError(f"--target {args.target!r} is not one of the fidelities {fidelities}")
-    train_set, val_set = [], []
+    _check_val_fraction(args.val_fraction)
     for name in fidelities:
-        group = [s for s in structures if s.fidelity == name]
-        if not group:
+        if name not in found:
             raise ValueError(f"no structures of fidelity {name!r} in the data (found {found})")
-        val_ids, train_ids = split_indices(len(group), [args.val_fraction, 1 - args.val_fraction], args.seed)
-        if len(val_ids) == 0 and name == args.target:
-            val_ids, train_ids = train_ids[:1], train_ids[1:]
-        val_set += [group[k] for k in val_ids]
-        train_set += [group[k] for k in train_ids]
+    train_ids, val_ids = validation_split(structures, args.val_fraction, args.seed, must_validate=args.target)
+    train_set, val_set = [structures[k] for k in train_ids], [structures[k] for k in val_ids]
     elements = sorted({int(z) for s in structures for z in np.unique(s.numbers)})
     potential = m3gnet_potential(elements, fidelities, seed=args.seed)
     print(potential.describe())
@@ -60,15 +85,15 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from .data import load_structures
+    from .data import read_structures
     from .evaluation import errors
     from .serialization import load_potential
 
     potential = load_potential(args.model)
-    structures = load_structures(args.data)
+    structures = read_structures(args.data, default_fidelity=args.data_fidelity)
     result = errors(potential, structures, args.fidelity)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in result.items()}))
     else:
         print(f"fidelity {args.fidelity}: {result['n_structures']} structures")
         print(f"energy MAE {result['energy_mae_per_atom']:.5f} eV/atom, "
@@ -211,12 +236,18 @@ def _pretrained(args) -> None:
     print(f"{potential.describe()}\nsaved to {args.out}")
 
 
+def _check_val_fraction(value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"--val-fraction {value}: must be between 0 and 1 (exclusive)")
+
+
 def _finetune(args) -> None:
     from .data import read_structures
     from .finetune import FinetuneConfig, finetune
     from .pretrained import entry
     from .training import TrainConfig, split_indices
 
+    _check_val_fraction(args.val_fraction)
     base = args.base_fidelity or entry(args.pretrained).fidelities[0]
     structures = [s for path in args.data for s in read_structures(path, limit=args.limit, default_fidelity=args.target)]
     replay = [s for path in args.replay_data for s in read_structures(path, default_fidelity=base)]
@@ -263,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fidelity-adapters", description="Multi-fidelity interatomic potentials.")
     sub = top.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="mfi vs 1fi M3GNet on the bundled PBE/SCAN water clusters")
+    demo = sub.add_parser("demo", help="mfi vs 1fi (and a 3-fidelity model) M3GNet on the bundled PBE/r2SCAN/SCAN water clusters")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=100)
     demo.add_argument("--hifi-fraction", type=float, default=0.1)
@@ -276,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output directory (checkpoint, best model; resumes if present)")
     tr.add_argument("--fidelities", nargs="+", help="fidelity names in model order (default: as found in the data)")
     tr.add_argument("--target", help="fidelity whose validation loss picks the best epoch")
-    tr.add_argument("--data-fidelity", help="fidelity of every structure, for files without info['fidelity']")
+    tr.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
     tr.add_argument("--every", type=int, default=1, help="keep every n-th frame of each file")
     tr.add_argument("--limit", type=int, help="at most this many frames from each file")
     tr.add_argument("--epochs", type=int, default=100)
@@ -295,10 +326,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("data")
     ev.add_argument("--fidelity", required=True)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
     ev.set_defaults(func=_evaluate)
 
     cmp = sub.add_parser("compare", help="mfi vs single / transfer / delta / multihead over hifi fractions and seeds")
-    cmp.add_argument("data", nargs="*", help="extxyz files (default: the bundled PBE/SCAN water clusters)")
+    cmp.add_argument("data", nargs="*", help="extxyz files (default: the bundled PBE/r2SCAN/SCAN water clusters)")
     cmp.add_argument("--config", help="YAML file of settings (keys as in fidelity_adapters.compare.CompareSettings)")
     cmp.add_argument("--out", default="runs/compare", help="sweep directory; a half-finished sweep there resumes")
     cmp.add_argument("--lofi", nargs="+", help="low fidelity name(s)")
@@ -389,6 +421,19 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.set_defaults(func=_finetune)
 
+    lab = sub.add_parser("label", help="DFT labels (PySCF) for molecules and clusters at a named fidelity, or a check that they are converged")
+    lab.add_argument("data", help="extxyz file (plain or .gz) of molecules or clusters")
+    lab.add_argument("--fidelity", required=True, help="PBE, r2SCAN or SCAN (settings: pyscf_labeller.LEVELS)")
+    lab.add_argument("--out", help="extxyz file to append labels to; structures already in it are skipped")
+    lab.add_argument("--check-convergence", action="store_true", help="relabel a sample on a finer grid with grid response and compare")
+    lab.add_argument("--sample", type=int, default=3, help="structures in the convergence check")
+    lab.add_argument("--reference-grid", type=int, default=8, help="grid level of the check's reference")
+    lab.add_argument("--grid", type=int, help="override the fidelity's grid level")
+    lab.add_argument("--basis", help="override the fidelity's basis")
+    lab.add_argument("--grid-response", action=argparse.BooleanOptionalAction, default=None, help="override grid response in the forces")
+    lab.add_argument("--seed", type=int, default=0)
+    lab.set_defaults(func=_label)
+
     info = sub.add_parser("info", help="print a saved model's metadata")
     info.add_argument("model")
     info.set_defaults(func=_info)
@@ -398,11 +443,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as error:
+        code = args.func(args)
+    except (ValueError, KeyError, OSError) as error:  # OSError: unreadable input, read-only or full output
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        resumable = args.command in ("train", "compare")
+        print("interrupted" + (f"; the same command resumes from {args.out}" if resumable else ""), file=sys.stderr)
+        return 130
+    return code or 0
 
 
 if __name__ == "__main__":

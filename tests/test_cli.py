@@ -56,3 +56,73 @@ def test_errors_are_messages(tmp_path, data_file, capsys):
     assert "--target 'r2SCAN'" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "none.safetensors"), str(data_file), "--fidelity", "PBE"]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--epochs", "0"], "max_epochs = 0"), (["--force-weight", "-1"], "force_weight = -1"),
+     (["--val-fraction", "1"], "--val-fraction 1"), (["--val-fraction", "-0.1"], "--val-fraction -0.1"),
+     (["--patience", "-2"], "patience = -2"), (["--batch-size", "0"], "batch_size = 0")],
+)  # fmt: skip
+def test_out_of_range_training_options_are_refused(tmp_path, data_file, capsys, flags, message):
+    assert main(["train", str(data_file), "--out", str(tmp_path / "r"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_infinite_labels_are_errors_and_missing_ones_print_json_null(tmp_path, data_file, capsys):
+    from ase.io import read
+
+    frames = read(data_file, ":")
+    frames[3].calc.results["energy"] = float("inf")
+    write(tmp_path / "inf.extxyz", frames)
+    assert main(["evaluate", str(tmp_path / "none.safetensors"), str(tmp_path / "inf.extxyz"), "--fidelity", "PBE"]) == 2
+    assert main(["train", str(tmp_path / "inf.extxyz"), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    assert "inf.extxyz:3: energy is inf" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    assert main(["train", str(data_file), "--out", str(out), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25"]) == 0
+    for atoms in frames:
+        atoms.calc = None  # geometries only: no energy and no force labels
+    write(tmp_path / "bare.extxyz", frames)
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.safetensors"), str(tmp_path / "bare.extxyz"), "--fidelity", "PBE", "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "NaN" not in printed and json.loads(printed)["energy_mae_per_atom"] is None
+
+
+def test_data_fidelity_fills_in_missing_names_and_never_overrides_one(tmp_path, data_file, capsys):
+    from ase.io import read
+
+    frames = read(data_file, ":")
+    for atoms in frames[:4]:
+        del atoms.info["fidelity"]  # half the file names no fidelity
+    write(tmp_path / "mixed.extxyz", frames)
+    out = tmp_path / "run"
+    flags = ["--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--data-fidelity", "PBE"]
+    assert main(["train", str(tmp_path / "mixed.extxyz"), "--out", str(out), *flags]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out / "model.safetensors")]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["fidelities"]) == ["PBE", "SCAN"]  # SCAN frames kept their name
+    assert main(["evaluate", str(out / "model.safetensors"), str(tmp_path / "mixed.extxyz"), "--fidelity", "PBE",
+                 "--data-fidelity", "PBE", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["n_structures"] == 4 + 2  # frames 0-3 (unnamed, now PBE) and the 2 named PBE among 4-7
+
+
+def test_ctrl_c_says_where_the_run_resumes(tmp_path, data_file, capsys, monkeypatch):
+    from fidelity_adapters import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_train", interrupted)
+    assert main(["train", str(data_file), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 130
+    assert f"resumes from {tmp_path / 'run'}" in capsys.readouterr().err
+
+
+def test_a_resumed_run_says_so(tmp_path, data_file, capsys):
+    flags = ["--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25"]
+    assert main(["train", str(data_file), *flags]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert main(["train", str(data_file), *flags]) == 0
+    assert f"resuming from {tmp_path / 'run' / 'checkpoint.pt'} after epoch 0" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_labeller_appends_and_resumes(tmp_path):
     original = labeller.label
     labeller_level = DFTLevel("PBE", basis="sto-3g", grid_level=1)
     try:
-        labeller.label = lambda atoms, fidelity: calls.append(atoms.info["struct_id"]) or original(atoms, fidelity, labeller_level)
+        labeller.label = lambda atoms, fidelity, level: calls.append(atoms.info["struct_id"]) or original(atoms, fidelity, labeller_level)
         path = tmp_path / "out.extxyz"
         label_into([h2], "PBE", path)
         second = h2.copy()
@@ -48,3 +48,45 @@ def test_labeller_appends_and_resumes(tmp_path):
         labeller.label = original
     assert calls == [0, 1]
     assert [a.info["struct_id"] for a in read(path, ":")] == [0, 1]
+
+
+def _water_monomer():
+    from ase.build import molecule
+
+    water = molecule("H2O")
+    water.positions += np.random.default_rng(0).normal(scale=0.05, size=water.positions.shape)  # forces far from zero
+    water.info["struct_id"] = 0
+    return water
+
+
+def test_convergence_check_fails_on_scan_without_grid_response_and_passes_at_bundled_settings():
+    pytest.importorskip("pyscf", reason="the labeller needs the [pyscf] extra")
+    from dataclasses import replace
+
+    from fidelity_adapters.pyscf_labeller import LEVELS, check_convergence
+
+    water = _water_monomer()
+    coarse = replace(LEVELS["SCAN"], grid_level=3, grid_response=False)
+    bad = check_convergence([water], "SCAN", coarse)
+    good = check_convergence([water], "SCAN")
+    assert bad.reference == good.reference  # same finer grid with response
+    assert not bad.passed and bad.force_mae > 0.005
+    assert good.passed, good.report()
+    assert "PASS" in good.report() and "FAIL" in bad.report()
+
+
+def test_label_command_checks_and_labels(tmp_path, capsys):
+    pytest.importorskip("pyscf", reason="the labeller needs the [pyscf] extra")
+    from ase.io import write
+
+    from fidelity_adapters.cli import main
+
+    h2 = [__import__("ase").Atoms("H2", positions=[[0, 0, 0], [0, 0, d]]) for d in (0.7, 0.8)]
+    write(tmp_path / "h2.extxyz", h2)
+    tiny = ["--basis", "sto-3g", "--grid", "1"]
+    assert main(["label", str(tmp_path / "h2.extxyz"), "--fidelity", "PBE", "--check-convergence", "--sample", "1", *tiny]) in (0, 1)
+    assert "against PBE/sto-3g" in capsys.readouterr().out
+    assert main(["label", str(tmp_path / "h2.extxyz"), "--fidelity", "PBE", "--out", str(tmp_path / "out.extxyz"), *tiny]) == 0
+    out = read(tmp_path / "out.extxyz", ":")
+    assert [a.info["struct_id"] for a in out] == [0, 1] and all(a.info["fidelity"] == "PBE" for a in out)
+    assert main(["label", str(tmp_path / "h2.extxyz"), "--fidelity", "B3LYP", "--out", str(tmp_path / "x.extxyz")]) == 2
