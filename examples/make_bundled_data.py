@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from ase.io import read, write
 
+from fidelity_adapters.data import stream_frames
 from fidelity_adapters.pyscf_labeller import LEVELS, check_convergence, label_into, labelled_keys
 from fidelity_adapters.water_clusters import sample_water_clusters
 
@@ -38,10 +39,8 @@ def convergence_file(out: Path) -> Path:
 
 
 def read_any(path: Path) -> list:
-    if path.suffix == ".gz":
-        with gzip.open(path, "rt") as handle:
-            return read(handle, ":", format="extxyz")
-    return read(path, ":", format="extxyz")
+    """Every frame of a plain or gzipped extxyz file."""
+    return [atoms for _, atoms in stream_frames(path, every=1, limit=None)]
 
 
 def bare_geometries(frames: list) -> list:

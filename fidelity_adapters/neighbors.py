@@ -194,7 +194,7 @@ def _check_density(n: int, cell: np.ndarray, pbc: np.ndarray, pad: np.ndarray, c
     images = n * np.prod(np.where(pbc, 2 * np.ceil(pad) + 1, 1.0))
     per_atom = n / volume * 4.0 / 3.0 * np.pi * cutoff**3 if pbc.all() else 0.0
     if images > MAX_IMAGES or per_atom > MAX_NEIGHBOURS_PER_ATOM:
-        heights = np.round(_face_distances(cell), 6).tolist()
+        heights = np.round(cutoff / pad, 6).tolist()
         raise ValueError(
             f"cell too thin for a {cutoff} A cutoff: face distances {heights} A give about {per_atom:.3g} "
             f"neighbours per atom and {images:.3g} periodic images; is the cell nearly singular?"

@@ -183,17 +183,16 @@ def train(
 def run_lock(out_dir: str | Path):
     """Hold out_dir for one run; a second run gets an error naming the holder."""
     out = Path(out_dir)
+    owner = out / ".run.lock.owner"
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = FileLock(out / ".run.lock")
         lock.acquire(timeout=0)
     except Timeout:
-        owner = out / ".run.lock.owner"
         holder = owner.read_text().strip() if owner.exists() else "owner unknown"
         raise ValueError(f"{out} is in use by another run ({holder}); wait for it or use another directory") from None
     except OSError as error:
         raise ValueError(f"{out}: cannot write the run there ({error.strerror or error})") from None
-    owner = out / ".run.lock.owner"
     try:
         owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         yield
@@ -286,11 +285,14 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
     return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history)
 
 
+def _changes(saved: dict, current: dict, ignored=()) -> list[str]:
+    """'key: saved -> current' for every entry of current that differs from the saved one."""
+    return [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in ignored and saved.get(k) != v]
+
+
 def _check_same_config(path: Path, saved: dict, config: TrainConfig) -> None:
     """A resumed run must continue the same schedule; anything else needs a new directory."""
-    current = asdict(config)
-    after_training = {"progress", "refit_references"}  # these do not change the schedule
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in after_training and saved.get(k) != v]
+    changed = _changes(saved, asdict(config), ignored={"progress", "refit_references"})  # these do not change the schedule
     if changed:
         raise ValueError(f"{path} was written with other settings ({'; '.join(changed)}); "
                          "resume with the same settings or train into a new directory")  # fmt: skip
@@ -321,7 +323,7 @@ def fingerprint(potential: Potential, train_structures, val_structures) -> dict:
 def _check_same_run(path: Path, saved: dict, current: dict) -> None:
     """Resuming with other data, another split or another fidelity order would carry weights
     over to what they do not mean (PBE weights labelled SCAN): refuse, naming what changed."""
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
+    changed = _changes(saved, current)
     if changed:
         raise ValueError(f"{path} belongs to another run ({'; '.join(changed)}); "
                          "resume with the same data, split, fidelities and model, or train into a new directory")  # fmt: skip
