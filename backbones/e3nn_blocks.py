@@ -75,7 +75,7 @@ class Convolution(nn.Module):
     def forward(self, h: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         centre, neighbour = edge_index
         messages = self.tp(h[neighbour], sh, self.radial(radial))
-        summed = torch.zeros(len(h), messages.shape[1], dtype=messages.dtype, device=messages.device)
+        summed = torch.zeros(h.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)
         return summed.index_add(0, centre, messages) / self.avg_neighbors
 
 

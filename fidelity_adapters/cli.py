@@ -1,9 +1,11 @@
-"""Command line: `fidelity-adapters demo | train | evaluate | compare | info | eos | relax | md | rdf | label | pretrained | finetune`."""
+"""Command line: `fidelity-adapters demo | train | evaluate | compare | info | eos | relax | md | rdf | label |
+pretrained | finetune | export | lammps`, each with --threads."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +50,7 @@ def _label(args) -> int:
 
 def _train(args) -> None:
     from .data import fidelities_of, read_structures
+    from .distributed import world
     from .recipes import m3gnet_potential
     from .serialization import save_potential
     from .splits import validation_split
@@ -80,7 +83,8 @@ def _train(args) -> None:
         refit_references=args.refit_references,
     )  # fmt: skip
     result = train(potential, train_set, val_set, config, out_dir=args.out)
-    save_potential(potential, Path(args.out) / "model.safetensors", extra={"best_epoch": result.best_epoch})
+    if world().is_main:  # under torchrun, rank 0 writes
+        save_potential(potential, Path(args.out) / "model.safetensors", extra={"best_epoch": result.best_epoch})
     print(f"best epoch {result.best_epoch}, validation loss {result.best_val_loss:.5g}; model: {Path(args.out) / 'model.safetensors'}")
 
 
@@ -187,6 +191,28 @@ def _md(args) -> None:
               f"max deviation {result.max_deviation_mev_per_atom:.4f} meV/atom")  # fmt: skip
 
 
+def _export(args) -> None:
+    from .export import export_potential
+    from .serialization import load_potential
+
+    metadata = export_potential(load_potential(args.model), args.fidelity, args.out)
+    print(f"exported {args.model} at fidelity {metadata['fidelity']} ({metadata['backbone']}, elements "
+          f"{metadata['elements']}, cutoff {metadata['cutoff']} A) to {args.out}")  # fmt: skip
+
+
+def _lammps(args) -> int:
+    from .engines.lammps import LammpsError, run_input
+    from .serialization import load_potential
+
+    try:
+        _, driver = run_input(args.input, load_potential(args.model), args.fidelity, args.elements, screen=not args.quiet)
+    except LammpsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"LAMMPS ran {args.input} with {args.model} at fidelity {args.fidelity}: {driver.calls} force calls")
+    return 0
+
+
 def _rdf(args) -> None:
     from ase.io import read
 
@@ -266,7 +292,7 @@ def _finetune(args) -> None:
         train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
                           force_weight=args.force_weight, patience=args.patience, seed=args.seed),
         replay=mode, replay_ratio=args.replay_ratio, replay_weight=args.replay_weight, rattle=args.rattle,
-        trainable=args.trainable,
+        trainable=args.trainable, rank=args.rank,
     )  # fmt: skip
     result = finetune(
         args.pretrained, args.target, [target[k] for k in train_ids], [target[k] for k in val_ids], config,
@@ -281,9 +307,42 @@ def _finetune(args) -> None:
     print(f"model: {Path(args.out) / 'model.safetensors'}; report: {Path(args.out) / 'finetune_report.json'}")
 
 
+def default_threads() -> int:
+    """Torch threads when --threads is not given: the cores this process may use, less those
+    other processes keep busy (1-minute load average). Torch's own default, every core, made
+    the main job 10x slower beside one other busy process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
+
+
+def set_threads(requested: int | None) -> str:
+    """Set torch's thread count; returns the line that says how it was chosen."""
+    import torch
+
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be >= 1, not {requested}")
+        how = "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        requested, how = torch.get_num_threads(), "OMP_NUM_THREADS"
+    else:
+        requested, how = default_threads(), "the free cores; --threads N to change"
+    torch.set_num_threads(requested)
+    return f"torch threads: {requested} ({how})"
+
+
+THREADS = argparse.ArgumentParser(add_help=False)
+THREADS.add_argument("--threads", type=int, help="torch threads (default: the cores not busy with other processes)")
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, parents=[THREADS])
+
+
 def _simulation_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A command that runs a saved model on one structure at one (required) fidelity."""
-    command = sub.add_parser(name, help=help)
+    command = _command(sub, name, help)
     command.add_argument("model")
     command.add_argument("structure")
     command.add_argument("--fidelity", required=True)
@@ -294,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fidelity-adapters", description="Multi-fidelity interatomic potentials.")
     sub = top.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="mfi vs 1fi (and a 3-fidelity model) M3GNet on the bundled PBE/r2SCAN/SCAN water clusters")
+    demo = _command(sub, "demo", help="mfi vs 1fi (and a 3-fidelity model) M3GNet on the bundled PBE/r2SCAN/SCAN water clusters")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=100)
     demo.add_argument("--hifi-fraction", type=float, default=0.1)
@@ -302,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 
-    tr = sub.add_parser("train", help="train an M3GNet potential on extxyz files of one or more fidelities")
+    tr = _command(sub, "train", help="train an M3GNet potential on extxyz files of one or more fidelities")
     tr.add_argument("data", nargs="+", help="extxyz files (plain or .gz); fidelity from info['fidelity']")
     tr.add_argument("--out", required=True, help="output directory (checkpoint, best model; resumes if present)")
     tr.add_argument("--fidelities", nargs="+", help="fidelity names in model order (default: as found in the data)")
@@ -321,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--refit-references", action="store_true", help=REFIT_HELP)
     tr.set_defaults(func=_train)
 
-    ev = sub.add_parser("evaluate", help="energy and force MAE of a saved model at one fidelity")
+    ev = _command(sub, "evaluate", help="energy and force MAE of a saved model at one fidelity")
     ev.add_argument("model")
     ev.add_argument("data")
     ev.add_argument("--fidelity", required=True)
@@ -329,7 +388,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
     ev.set_defaults(func=_evaluate)
 
-    cmp = sub.add_parser("compare", help="mfi vs single / transfer / delta / multihead over hifi fractions and seeds")
+    cmp = _command(sub, "compare", help="mfi vs single / transfer / delta / multihead over hifi fractions and seeds")
     cmp.add_argument("data", nargs="*", help="extxyz files (default: the bundled PBE/r2SCAN/SCAN water clusters)")
     cmp.add_argument("--config", help="YAML file of settings (keys as in fidelity_adapters.compare.CompareSettings)")
     cmp.add_argument("--out", default="runs/compare", help="sweep directory; a half-finished sweep there resumes")
@@ -351,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, one seed: a smoke run")
     cmp.set_defaults(func=_compare)
 
-    eos = sub.add_parser("eos", help="Murnaghan equation of state per fidelity (built-in Si polymorphs or a structure)")
+    eos = _command(sub, "eos", help="Murnaghan equation of state per fidelity (built-in Si polymorphs or a structure)")
     eos.add_argument("model")
     eos.add_argument("--fidelity", nargs="+", required=True, help="one or more fidelity names of the model")
     eos.add_argument("--structure", help="structure file (default: the Si polymorphs)")
@@ -382,7 +441,21 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--out", default="md.extxyz", help="trajectory (extxyz)")
     md.set_defaults(func=_md)
 
-    rdf = sub.add_parser("rdf", help="radial / angular distribution and coordination numbers of a trajectory")
+    exp = _command(sub, "export", help="write a saved model at one fidelity as a torch.export program (.pt2) that needs torch only")
+    exp.add_argument("model")
+    exp.add_argument("--fidelity", required=True)
+    exp.add_argument("--out", required=True, help="output file (.pt2)")
+    exp.set_defaults(func=_export)
+
+    lmp = _command(sub, "lammps", help="run a LAMMPS input file (units metal, serial) with a saved model at one fidelity")
+    lmp.add_argument("model")
+    lmp.add_argument("input", help="LAMMPS input script; the model is installed (fix external) before its first run/minimize")
+    lmp.add_argument("--fidelity", required=True)
+    lmp.add_argument("--elements", nargs="+", required=True, help="element of each atom type, in type order (e.g. O H)")
+    lmp.add_argument("--quiet", action="store_true", help="no LAMMPS screen output")
+    lmp.set_defaults(func=_lammps)
+
+    rdf = _command(sub, "rdf", help="radial / angular distribution and coordination numbers of a trajectory")
     rdf.add_argument("trajectory")
     rdf.add_argument("--rmax", type=float, default=6.0)
     rdf.add_argument("--bins", type=int, default=200)
@@ -393,13 +466,13 @@ def parser() -> argparse.ArgumentParser:
     rdf.add_argument("--out", default="runs/rdf")
     rdf.set_defaults(func=_rdf)
 
-    pre = sub.add_parser("pretrained", help="list the pretrained potentials on this machine, or save one as a model file")
+    pre = _command(sub, "pretrained", help="list the pretrained potentials on this machine, or save one as a model file")
     pre.add_argument("name", nargs="?", help="a name from the list, e.g. matgl:M3GNet-MatPES-PBE-v2025.1")
     pre.add_argument("--add", nargs="+", default=[], metavar="FIDELITY", help="new fidelities, each starting as the base one")
     pre.add_argument("--out", help="model file to write (.safetensors)")
     pre.set_defaults(func=_pretrained)
 
-    ft = sub.add_parser("finetune", help="fine-tune a pretrained potential at a new fidelity, with replay of its own level")
+    ft = _command(sub, "finetune", help="fine-tune a pretrained potential at a new fidelity, with replay of its own level")
     ft.add_argument("data", nargs="+", help="extxyz files at the target level (frames without info['fidelity'] count as target)")
     ft.add_argument("--from", dest="pretrained", required=True, help="a name from 'fidelity-adapters pretrained'")
     ft.add_argument("--target", required=True, help="fidelity to fine-tune (added beside the base if new)")
@@ -410,7 +483,8 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--replay-ratio", type=float, default=1.0, help="replay structures per target training structure")
     ft.add_argument("--replay-weight", type=float, default=1.0, help="loss weight of the replay structures")
     ft.add_argument("--rattle", type=float, default=0.05, help="A; displacement of self-distillation copies")
-    ft.add_argument("--trainable", choices=["all", "adapter"], default="all")
+    ft.add_argument("--trainable", choices=["all", "adapter", "lowrank"], default="all")
+    ft.add_argument("--rank", type=int, default=8, help="rank of the low-rank updates (--trainable lowrank)")
     ft.add_argument("--epochs", type=int, default=20)
     ft.add_argument("--lr", type=float, default=1e-4)
     ft.add_argument("--batch-size", type=int, default=4)
@@ -421,7 +495,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.set_defaults(func=_finetune)
 
-    lab = sub.add_parser("label", help="DFT labels (PySCF) for molecules and clusters at a named fidelity, or a check that they are converged")
+    lab = _command(sub, "label", help="DFT labels (PySCF) for molecules and clusters at a named fidelity, or a check that they are converged")
     lab.add_argument("data", help="extxyz file (plain or .gz) of molecules or clusters")
     lab.add_argument("--fidelity", required=True, help="PBE, r2SCAN or SCAN (settings: pyscf_labeller.LEVELS)")
     lab.add_argument("--out", help="extxyz file to append labels to; structures already in it are skipped")
@@ -434,7 +508,7 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--seed", type=int, default=0)
     lab.set_defaults(func=_label)
 
-    info = sub.add_parser("info", help="print a saved model's metadata")
+    info = _command(sub, "info", help="print a saved model's metadata")
     info.add_argument("model")
     info.set_defaults(func=_info)
     return top
@@ -442,7 +516,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:  # under torchrun, rank 0 alone reports (errors still show)
+        sys.stdout = open(os.devnull, "w")
     try:
+        if args.command != "info":
+            threads = set_threads(args.threads)
+            if rank == 0:
+                print(threads, file=sys.stderr)
         code = args.func(args)
     except (ValueError, KeyError, OSError) as error:  # OSError: unreadable input, read-only or full output
         print(f"error: {error}", file=sys.stderr)

@@ -32,6 +32,9 @@ class FidelityState(nn.Module):
         self.embedding = nn.Embedding(len(fidelities), dim) if dim else None
         self.register_buffer("elemental_energies", torch.zeros(len(fidelities), n_elements, dtype=torch.float64))
         self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
+        # projector per fidelity onto the compositions its references were fitted on
+        # (references.composition_span); identity: references valid for every composition
+        self.register_buffer("reference_span", torch.eye(n_elements, dtype=torch.float64).repeat(len(fidelities), 1, 1))
 
     def _apply(self, fn, recurse=True):
         """Keep the reference table in float64 whatever the network's dtype: totals are
@@ -39,6 +42,7 @@ class FidelityState(nn.Module):
         super()._apply(fn, recurse)
         self.elemental_energies = self.elemental_energies.to(torch.float64)
         self.scale = self.scale.to(torch.float64)
+        self.reference_span = self.reference_span.to(torch.float64)
         return self
 
     def index(self, name: str) -> int:
@@ -55,6 +59,16 @@ class FidelityState(nn.Module):
         """Per-atom reference energy of each atom's element at its structure's fidelity."""
         return self.elemental_energies[atom_fidelity, species]
 
-    def set_references(self, elemental_energies: np.ndarray, scale: float) -> None:
+    def set_references(self, elemental_energies: np.ndarray, scale: float, span: np.ndarray | None = None) -> None:
+        """`span`: see reference_span; None keeps the current one."""
         self.elemental_energies.copy_(torch.as_tensor(elemental_energies, dtype=torch.float64))
         self.scale.fill_(float(scale))
+        if span is not None:
+            self.reference_span.copy_(torch.as_tensor(span, dtype=torch.float64))
+
+    def outside_span(self, species: torch.Tensor, fidelity_id: int) -> bool:
+        """Whether a structure's composition (species indices) lies outside the compositions
+        the fidelity's references were fitted on."""
+        counts = torch.bincount(species.cpu(), minlength=self.reference_span.shape[-1]).to(torch.float64)
+        span = self.reference_span[fidelity_id].cpu()
+        return bool((counts - span @ counts).norm() > 1e-6 * counts.norm())

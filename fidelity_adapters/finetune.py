@@ -15,8 +15,10 @@ base-level "replay" structures:
   pretrained model predicted; forgetting is then drift from it on held-out rattled copies);
 - replay="none": target data only.
 `replay_ratio` replay structures per target structure, `replay_weight` their loss weight.
-`trainable` picks what trains: "all", or "adapter" (the fidelity state path and the readout;
-the pretrained interaction weights stay as they are).
+`trainable` picks what trains: "all"; "adapter" (the fidelity state path and the readout;
+the pretrained interaction weights stay as they are); or "lowrank" (every linear layer of the
+backbone frozen with a trainable rank-`rank` update, low_rank.py, merged into the weights at
+the end; the fidelity embedding trains in full).
 The report gives target and base errors zero-shot, after the reference correction ("before"
 training) and after training, and the optimizer steps taken, for comparisons at equal budgets.
 """
@@ -33,6 +35,7 @@ import torch
 
 from .data import LabelledStructure
 from .evaluation import errors
+from .low_rank import add_low_rank_updates, merge_in_place
 from .potential import Potential
 from .pretrained import entry, load_pretrained
 from .references import fit_elemental_energies
@@ -40,7 +43,7 @@ from .serialization import atomic_write, save_potential
 from .training import TrainConfig, split_indices, train
 
 REPLAY_KINDS = ("data", "distill", "none")
-TRAINABLE = ("all", "adapter")
+TRAINABLE = ("all", "adapter", "lowrank")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class FinetuneConfig:
     rattle: float = 0.05  # A, displacement of the rattled copies that self-distillation labels
     held_out_fraction: float = 0.2  # of the replay structures, kept out of training to measure forgetting
     trainable: str = "all"
+    rank: int = 8  # of the low-rank updates (trainable="lowrank")
     state_dim: int = 16
 
     def check(self) -> None:
@@ -184,12 +188,16 @@ def finetune(
     before = measured()
     if config.trainable == "adapter":
         freeze_to_adapter(potential)
+    elif config.trainable == "lowrank":
+        add_low_rank_updates(potential.backbone, config.rank)
 
     weights = {base: config.replay_weight, target: 1.0} if base != target else None
     train_config = replace(config.train, monitor=target, fidelity_weights=weights)
     result = train(
         potential, [*train_structures, *replay_train], list(val_structures), train_config, out_dir=out_dir, fit_references=False
     )
+    if config.trainable == "lowrank":
+        merge_in_place(potential)
     steps = sum(1 for _ in range(0, len(train_structures) + len(replay_train), train_config.batch_size))
     report = {
         "pretrained": name, "base_fidelity": base, "target": target, "replay": config.replay,

@@ -9,6 +9,7 @@ FidelityInjector (injection.py) into the invariant features.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Sequence
@@ -23,7 +24,7 @@ from .data import LabelledStructure, from_atoms
 from .fidelity_state import FidelityState
 from .graph import AtomicGraph, build_graph
 from .injection import FidelityInjector, check_fidelity_reaches_output
-from .references import fit_elemental_energies, force_scale
+from .references import composition_span, fit_elemental_energies, force_scale
 
 
 @contextmanager
@@ -62,6 +63,7 @@ class Potential(nn.Module):
         self.fidelity_state = fidelity_state
         self.elements = _atomic_numbers(elements)
         self.injector = injector
+        self.unfitted_composition = "warn"  # or "error" / "ignore": a composition outside the references' span
 
     @property
     def fidelities(self) -> list[str]:
@@ -81,9 +83,26 @@ class Potential(nn.Module):
             structure = from_atoms(structure, fidelity)
         name = fidelity or structure.fidelity
         graph = build_graph(structure, self.elements, self.fidelity_state.index(name), self.backbone.cutoff, check)
+        self._check_composition(graph, structure.label, name)
         if hasattr(self.backbone, "augment_graph"):
             self.backbone.augment_graph(graph)
         return graph
+
+    def _check_composition(self, graph, label: str, fidelity: str) -> None:
+        if self.unfitted_composition not in ("warn", "error", "ignore"):
+            raise ValueError(f"unfitted_composition must be 'warn', 'error' or 'ignore', not {self.unfitted_composition!r}")
+        if self.unfitted_composition == "ignore" or not self.fidelity_state.outside_span(graph.species, int(graph.fidelity)):
+            return
+        counts = torch.bincount(graph.species, minlength=len(self.elements)).tolist()
+        formula = "".join(f"{chemical_symbols[z]}{n}" for z, n in zip(self.elements, counts) if n)
+        message = (
+            f"{label}: composition {formula} is outside the compositions the {fidelity} reference energies were "
+            "fitted on, so its energy extrapolates minimum-norm references and can be off by many eV (forces are "
+            "unaffected); fit on data that covers it, or set potential.unfitted_composition = 'ignore'"
+        )
+        if self.unfitted_composition == "error":
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=3)
 
     def fit_references(
         self, structures: Sequence[LabelledStructure], refit_scale: bool = True, around_network: bool = False
@@ -99,7 +118,8 @@ class Potential(nn.Module):
         labels among `structures` then keeps the references it has."""
         scale = force_scale(structures) if refit_scale else float(self.fidelity_state.scale)
         if not around_network:
-            self.fidelity_state.set_references(fit_elemental_energies(structures, self.elements, self.fidelities), scale)
+            table = fit_elemental_energies(structures, self.elements, self.fidelities)
+            self.fidelity_state.set_references(table, scale, composition_span(structures, self.elements, self.fidelities))
             return
         current = self.fidelity_state.elemental_energies.cpu().numpy()
         self.fidelity_state.set_references(current, scale)  # the network's energies in the scale fitted for
@@ -107,10 +127,16 @@ class Potential(nn.Module):
         residuals = [replace(s, energy=s.energy - e) for s, e in zip(labelled, self.network_energies(labelled))]
         table = fit_elemental_energies(residuals, self.elements, self.fidelities)
         fitted = {s.fidelity for s in labelled}
+        # a fitted fidelity's references are valid where its old ones were (if it had any),
+        # else only on the span of the data just fitted
+        span = self.fidelity_state.reference_span.cpu().numpy()
+        data_span = composition_span(labelled, self.elements, self.fidelities)
         for f, name in enumerate(self.fidelities):
             if name not in fitted:
                 table[f] = current[f]
-        self.fidelity_state.set_references(table, scale)
+            elif not current[f].any():
+                span[f] = data_span[f]
+        self.fidelity_state.set_references(table, scale, span)
 
     def network_energy(self, batch) -> torch.Tensor:
         """scale * sum_i e_i per structure of a batch: its energy without the elemental

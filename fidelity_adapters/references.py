@@ -45,6 +45,24 @@ def fit_elemental_energies(
     return table
 
 
+def composition_span(
+    structures: Sequence[LabelledStructure], elements: Sequence[int], fidelities: Sequence[str]
+) -> np.ndarray:
+    """(n_fidelities, n_elements, n_elements) projectors onto the compositions each fidelity's
+    references were fitted on (the row space of its composition matrix). The fitted energy of
+    a composition outside it is an extrapolation of the minimum-norm solution: for water-only
+    data, an H atom comes out hundreds of eV off. A fidelity without energy labels gets the
+    identity: its energies are relative anyway."""
+    spans = np.tile(np.eye(len(elements)), (len(fidelities), 1, 1))
+    for f, name in enumerate(fidelities):
+        labelled = [s for s in structures if s.fidelity == name and s.has_energy]
+        if labelled:
+            _, singular, rows = np.linalg.svd(composition_matrix(labelled, elements), full_matrices=False)
+            basis = rows[singular > 1e-8 * singular[0]]
+            spans[f] = basis.T @ basis
+    return spans
+
+
 def force_scale(structures: Sequence[LabelledStructure]) -> float:
     """RMS of all training force components (eq. 4's sigma): the natural energy unit per atom
     for the network output. 1.0 when no structure has forces."""

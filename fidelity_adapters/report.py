@@ -189,26 +189,31 @@ def load_parity(path: Path) -> dict[str, np.ndarray]:
 
 
 def _parity_plots(groups: dict[tuple[str, float, str], list[dict]], report_dir: Path) -> tuple[list[str], list[str]]:
-    """Draw one parity plot per group from its lowest-seed run; return (plot paths, reasons for skips)."""
+    """Draw one parity plot per group from its lowest-seed run with a readable parity file (a
+    run restored from an earlier report may have none); return (plot paths, reasons for skips)."""
     made, skipped = [], []
     for (strategy, fraction, sampling), runs in groups.items():
-        run = runs[0]
-        where = f"{strategy} ({sampling}) at {_percent(fraction)} %, seed {run['seed']}"
-        if not run.get("parity"):
-            skipped.append(f"{where}: no parity file recorded")
-            continue
-        source = report_dir / run["parity"]
-        if not source.is_file():
-            skipped.append(f"{where}: parity file `{run['parity']}` not found")
-            continue
-        try:
-            arrays = load_parity(source)
-        except UNREADABLE_PARITY as error:  # costs one plot, not the report
-            skipped.append(f"{where}: parity file `{run['parity']}` unreadable ({type(error).__name__}: {error})")
-            continue
-        relative = f"parity/{strategy}_{sampling}_{_percent(fraction)}.png"
-        _parity_plot(arrays, f"{where}: predicted vs true on the test set", report_dir / relative)
-        made.append(relative)
+        reasons = []
+        for run in runs:
+            where = f"{strategy} ({sampling}) at {_percent(fraction)} %, seed {run['seed']}"
+            if not run.get("parity"):
+                reasons.append(f"{where}: no parity file recorded")
+                continue
+            source = report_dir / run["parity"]
+            if not source.is_file():
+                reasons.append(f"{where}: parity file `{run['parity']}` not found")
+                continue
+            try:
+                arrays = load_parity(source)
+            except UNREADABLE_PARITY as error:  # costs one plot, not the report
+                reasons.append(f"{where}: parity file `{run['parity']}` unreadable ({type(error).__name__}: {error})")
+                continue
+            relative = f"parity/{strategy}_{sampling}_{_percent(fraction)}.png"
+            _parity_plot(arrays, f"{where}: predicted vs true on the test set", report_dir / relative)
+            made.append(relative)
+            break
+        else:
+            skipped.extend(reasons)
     return made, skipped
 
 
@@ -246,7 +251,7 @@ def _markdown(title: str, header: str, summary: list[dict], records: list[dict],
         lines.append("")
     lines += ["## Figures", "", "![Learning curves](learning_curve.png)", ""]
     if plots:
-        lines += ["Parity plots (lowest seed of each group):", ""]
+        lines += ["Parity plots (lowest seed of each group with a parity file; the seed is in the title):", ""]
         lines += [f"- [{Path(plot).stem}]({plot})" for plot in plots]
         lines.append("")
     if skipped:

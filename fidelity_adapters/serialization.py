@@ -5,13 +5,20 @@ energies and scale included) plus JSON metadata naming the backbone class, its c
 arguments, the elements, the fidelities and, for a backbone without a global state, where
 and how wide the fidelity is injected. Loading rebuilds the model from that metadata, so the
 fidelity names and the fidelity input travel with the model.
+
+A model file is checked before it is used: SHA-256 digests of its tensors and of its metadata
+(written beside them) must match, so flipped bytes or edited metadata are an error instead of
+nonsense predictions, and the metadata's numbers must be in sane ranges before anything is
+built from them (a hand-made file with huge sizes must not exhaust memory).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,9 +27,13 @@ from safetensors.torch import load_file, save_file
 
 from backbones import BACKBONES
 
+from .low_rank import has_low_rank_updates, merged_state_dict
 from .potential import Potential, wrap
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SHA-256 digests of tensors and metadata; 1 (no digests) still loads, with a warning
+DIGESTS_KEY = "fidelity_adapters_sha256"
+MAX_CUTOFF = 15.0  # Angstrom
+MAX_SIZE = 4096  # any width, count of blocks, basis functions, heads in a backbone's config
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -46,15 +57,24 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.unlink(tmp)
 
 
+SEVENN = "SevennBackbone"  # saved as the recipe that rebuilds it from the sevenn wheel's checkpoint
+
+
 def metadata_of(potential: Potential) -> dict:
     backbone = potential.backbone
     name = type(backbone).__name__
-    if name not in BACKBONES:
+    if name == SEVENN:
+        if backbone.recipe is None:
+            raise ValueError("a SevenNet backbone made outside load_sevenn has no recipe to rebuild it from and cannot be saved")
+        config = {"sevenn": backbone.recipe}
+    elif name in BACKBONES:
+        config = backbone.config
+    else:
         raise ValueError(f"backbone {name} is not in backbones.BACKBONES and cannot be saved by name")
     return {
         "format_version": FORMAT_VERSION,
         "backbone": name,
-        "backbone_config": backbone.config,
+        "backbone_config": config,
         "elements": potential.elements,
         "fidelities": potential.fidelities,
         "dtype": str(potential.dtype).removeprefix("torch."),
@@ -62,39 +82,102 @@ def metadata_of(potential: Potential) -> dict:
     }
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of all tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_potential(potential: Potential, path: str | os.PathLike, extra: dict | None = None) -> None:
-    meta = {"fidelity_adapters": json.dumps({**metadata_of(potential), **({"extra": extra} if extra else {})})}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in potential.state_dict().items()}
+    text = json.dumps({**metadata_of(potential), **({"extra": extra} if extra else {})})
+    # low-rank updates are saved merged into plain weights (W + B A), which the model's config rebuilds
+    state = merged_state_dict(potential) if has_low_rank_updates(potential) else potential.state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    digests = {"tensors": tensors_digest(tensors), "metadata": hashlib.sha256(text.encode()).hexdigest()}
+    meta = {"fidelity_adapters": text, DIGESTS_KEY: json.dumps(digests)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
+def _read_header(path: Path) -> tuple[dict, dict | None]:
+    """(metadata, digests or None for a format-1 file); the metadata's digest is verified."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        return json.loads(meta["fidelity_adapters"])
+            header = handle.metadata() or {}
+        text = header["fidelity_adapters"]
+        meta = json.loads(text)
+        digests = json.loads(header[DIGESTS_KEY]) if DIGESTS_KEY in header else None
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError, ValueError) as error:
         raise ValueError(f"{path}: not a readable fidelity-adapters model file ({error})") from None
+    if digests is not None and hashlib.sha256(text.encode()).hexdigest() != digests.get("metadata"):
+        raise ValueError(f"{path}: the metadata does not match its SHA-256 digest: the file was edited or damaged after it was saved")
+    return meta, digests
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    return _read_header(Path(path))[0]
+
+
+def check_metadata(meta: dict, path) -> None:
+    """Sane values before a model is built from them: known backbone, elements, unique
+    fidelity names, a cutoff in (0, MAX_CUTOFF], every integer size in [0, MAX_SIZE]."""
+    if meta.get("backbone") not in (*BACKBONES, SEVENN):
+        raise ValueError(f"{path}: unknown backbone {meta.get('backbone')!r}; known: {sorted(BACKBONES) + [SEVENN]}")
+    elements, fidelities = meta.get("elements"), meta.get("fidelities")
+    if not elements or not all(isinstance(z, int) and 1 <= z <= 118 for z in elements):
+        raise ValueError(f"{path}: elements {elements} are not atomic numbers")
+    if not fidelities or len(set(fidelities)) != len(fidelities) or not all(isinstance(f, str) and f for f in fidelities):
+        raise ValueError(f"{path}: fidelities {fidelities} must be unique, non-empty names")
+    config = meta.get("backbone_config", {})
+    for key in ("cutoff", "three_body_cutoff"):
+        if key in config and not 0 < float(config[key]) <= MAX_CUTOFF:
+            raise ValueError(f"{path}: {key} {config[key]} A is outside (0, {MAX_CUTOFF}]")
+    for key, value in config.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_SIZE for v in values):
+            raise ValueError(f"{path}: {key} = {value} is outside [0, {MAX_SIZE}]")
 
 
 def load_potential(path: str | os.PathLike, device: str | torch.device = "cpu") -> Potential:
-    meta = read_metadata(path)
-    if meta.get("format_version") != FORMAT_VERSION:
+    meta, digests = _read_header(Path(path))
+    if meta.get("format_version") not in (1, FORMAT_VERSION):
         raise ValueError(f"{path}: model format version {meta.get('format_version')} is not {FORMAT_VERSION}")
+    if digests is None:
+        warnings.warn(f"{path}: saved without SHA-256 digests (format 1); its weights cannot be verified. Save it again to add them.")
+    check_metadata(meta, path)
     dtype = getattr(torch, meta["dtype"])
-    injection = meta.get("injection")
-    options = {"inject": injection["places"], "inject_dim": injection["dim"]} if injection else {}
-    backbone = BACKBONES[meta["backbone"]](**meta["backbone_config"]).to(dtype)
-    # every tensor in the saved dtype, so float64 weights are not rounded through float32 ones
-    potential = wrap(backbone, meta["fidelities"], meta["elements"], **options).to(dtype)
+    if meta["backbone"] == SEVENN:
+        from .third_party.sevenn import rebuild_sevenn
+
+        potential = rebuild_sevenn(meta["backbone_config"]["sevenn"]).to(dtype)
+    else:
+        injection = meta.get("injection")
+        options = {"inject": injection["places"], "inject_dim": injection["dim"]} if injection else {}
+        backbone = BACKBONES[meta["backbone"]](**meta["backbone_config"]).to(dtype)
+        # every tensor in the saved dtype, so float64 weights are not rounded through float32 ones
+        potential = wrap(backbone, meta["fidelities"], meta["elements"], **options).to(dtype)
+    if potential.fidelities != meta["fidelities"]:
+        raise ValueError(f"{path}: rebuilt with fidelities {potential.fidelities}, but the file names {meta['fidelities']}")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{path}: model weights are unreadable ({error})") from None
+    if meta["format_version"] == 1:  # saved before reference spans were recorded: valid everywhere, as then
+        tensors.setdefault("fidelity_state.reference_span", potential.fidelity_state.reference_span.cpu())
+    if digests is not None and tensors_digest(tensors) != digests.get("tensors"):
+        raise ValueError(f"{path}: the weights do not match their SHA-256 digest: the file was changed or damaged after it was saved")
+    expected = {k: tuple(v.shape) for k, v in potential.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise ValueError(f"{path}: the weights do not fit the model its metadata describes: {differing[:5]} "
+                         f"(expected {[expected.get(k) for k in differing[:5]]}, found {[found.get(k) for k in differing[:5]]})")  # fmt: skip
     potential.load_state_dict(tensors, strict=True)
     return potential.to(device)

@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -28,10 +28,12 @@ from typing import Sequence
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
+from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from .data import LabelledStructure, fidelities_of
+from .distributed import World, world
 from .potential import Potential
 from .serialization import atomic_write, metadata_of, save_potential
 
@@ -133,15 +135,19 @@ def _loss(terms: dict, config: TrainConfig) -> torch.Tensor:
     return loss
 
 
-def validation_metrics(potential: Potential, graphs_by_fidelity: dict, config: TrainConfig) -> dict:
-    """MAEs per fidelity, and the loss over the monitored fidelity's graphs (all if None)."""
+def validation_metrics(potential: Potential, graphs_by_fidelity: dict, config: TrainConfig, world: World = World()) -> dict:
+    """MAEs per fidelity, and the loss over the monitored fidelity's graphs (all if None).
+    Under several processes each rank evaluates its share and the sums are added up."""
+    keys = ["e_se", "e_ae", "e_n", "f_se", "f_ae", "f_n"] + (["s_se", "s_n"] if config.stress_weight > 0 else [])
     totals: dict[str, float] = {}
     metrics: dict[str, float] = {}
     for name, graphs in graphs_by_fidelity.items():
-        sums: dict[str, float] = {}
-        for batch in DataLoader(graphs, batch_size=config.batch_size):
+        sums = dict.fromkeys(keys, 0.0)
+        for batch in DataLoader(world.shard(graphs), batch_size=config.batch_size):
             for key, value in _loss_terms(potential, batch, config, training=False).items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums[key] += float(value.detach())
+        if world.size > 1:
+            sums = dict(zip(keys, world.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()))
         if config.monitor in (None, name):
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -149,6 +155,23 @@ def validation_metrics(potential: Potential, graphs_by_fidelity: dict, config: T
         metrics[f"{name}/force_mae"] = sums["f_ae"] / sums["f_n"] if sums["f_n"] else float("nan")
     metrics["loss"] = float(_loss({k: torch.tensor(v) for k, v in totals.items()}, config))
     return metrics
+
+
+def training_step(potential: Potential, graphs: list, config: TrainConfig, world: World, parameters: list) -> float:
+    """Gradients of the union batch's loss (this rank's `graphs` plus the other ranks'): the
+    label counts are summed over the ranks before each rank divides its squared-error sums
+    by them, and the gradients are summed after. Returns the union batch's loss."""
+    count_keys = ["e_n", "f_n"] + (["s_n"] if config.stress_weight > 0 else [])
+    terms = _loss_terms(potential, Batch.from_data_list(graphs), config, training=True) if graphs else None
+    counts = torch.tensor([float(terms[k]) if terms else 0.0 for k in count_keys], dtype=torch.float64)
+    counts = world.sum(counts)
+    loss_value = torch.zeros((), dtype=torch.float64)
+    if terms is not None:
+        loss = _loss({**terms, **dict(zip(count_keys, counts))}, config)
+        loss.backward()
+        loss_value = loss.detach().to(torch.float64)
+    world.sum_gradients(parameters)
+    return float(world.sum(loss_value))
 
 
 def _graphs(potential: Potential, structures: Sequence[LabelledStructure]) -> list:
@@ -175,7 +198,7 @@ def train(
     if out_dir is None:
         return _train(potential, train_structures, val_structures, config, None, fit_references)
     metadata_of(potential)  # a model that cannot be saved fails now, not after its first epoch
-    with run_lock(out_dir):
+    with run_lock(out_dir) if world(potential.device).is_main else nullcontext():
         return _train(potential, train_structures, val_structures, config, out_dir, fit_references)
 
 
@@ -203,8 +226,12 @@ def run_lock(out_dir: str | Path):
 
 def _train(potential, train_structures, val_structures, config: TrainConfig, out_dir, fit_references: bool) -> TrainResult:
     _check_data(potential, train_structures, val_structures, config)
+    ranks = world(potential.device)
+    if ranks.size > 1:
+        ranks.check_same("the training and validation data", data_digest([*train_structures, *val_structures]))
     torch.manual_seed(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    writes = out_dir is not None and ranks.is_main  # rank 0 writes; every rank reads a checkpoint to resume
 
     trainable = [p for p in potential.parameters() if p.requires_grad]
     if not trainable:
@@ -223,6 +250,8 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         _check_same_config(checkpoint_path, json.loads(state["config"]), config)
         if "fingerprint" in state:  # checkpoints from before fingerprints resume unchecked
             _check_same_run(checkpoint_path, json.loads(state["fingerprint"]), run_fingerprint)
+        for saved in (state["model"], state["best_model"]):  # checkpoints from before reference spans: valid everywhere
+            saved.setdefault("fidelity_state.reference_span", potential.fidelity_state.reference_span.clone())
         potential.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -230,7 +259,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         start_epoch, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         history = json.loads(state["history"])
         torch.set_rng_state(state["rng"])
-        if config.progress:
+        if config.progress and ranks.is_main:
             print(f"resuming from {checkpoint_path} after epoch {state['epoch']} (best epoch {best_epoch})", file=sys.stderr)
     elif fit_references:
         potential.fit_references(train_structures)
@@ -242,32 +271,35 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
     generator = torch.Generator().manual_seed(config.seed)
 
     epochs = range(start_epoch, config.max_epochs)
-    bar = tqdm(epochs, desc="training", disable=not config.progress, file=sys.stderr, initial=start_epoch, total=config.max_epochs)
+    bar = tqdm(epochs, desc="training", disable=not (config.progress and ranks.is_main), file=sys.stderr, initial=start_epoch, total=config.max_epochs)
     for epoch in bar:
         if epoch - best_epoch > config.patience and best_epoch >= 0:
             break
         generator.manual_seed(config.seed * 100003 + epoch)  # same batches after a resume
         potential.train()
         train_loss, n_batches = 0.0, 0
-        for batch in DataLoader(train_graphs, batch_size=config.batch_size, shuffle=True, generator=generator):
+        # the global batches, the same on every rank; the first draw is the one torch's DataLoader
+        # made (its workers' base seed) when it shuffled here, which keeps the batches of earlier runs
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(len(train_graphs), generator=generator).tolist()
+        for start in range(0, len(order), config.batch_size):
             optimizer.zero_grad()
-            loss = _loss(_loss_terms(potential, batch, config, training=True), config)
-            loss.backward()
+            mine = ranks.shard(order[start : start + config.batch_size])
+            train_loss += training_step(potential, [train_graphs[k] for k in mine], config, ranks, trainable)
             optimizer.step()
-            train_loss += float(loss.detach())
             n_batches += 1
         scheduler.step()
         potential.eval()
-        metrics = validation_metrics(potential, val_graphs, config)
+        metrics = validation_metrics(potential, val_graphs, config, ranks)
         metrics.update(epoch=epoch, train_loss=train_loss / n_batches, lr=scheduler.get_last_lr()[0])
         history.append(metrics)
         if metrics["loss"] < best_loss:
             best_loss, best_epoch = metrics["loss"], epoch
             best_state = copy.deepcopy(potential.state_dict())
-            if out_dir is not None:
+            if writes:
                 save_potential(potential, Path(out_dir) / "best_model.safetensors", extra={"epoch": epoch})
         bar.set_postfix(train=f"{metrics['train_loss']:.4g}", val=f"{metrics['loss']:.4g}", best=best_epoch)
-        if checkpoint_path is not None:
+        if writes:
             save_checkpoint(checkpoint_path, {
                 "model": potential.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "best_model": best_state, "epoch": epoch,
@@ -280,7 +312,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         potential.load_state_dict(best_state)
     if config.refit_references:
         potential.fit_references(train_structures, refit_scale=False, around_network=True)
-        if out_dir is not None:
+        if writes:
             save_potential(potential, Path(out_dir) / "best_model.safetensors", extra={"epoch": best_epoch})
     return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history)
 

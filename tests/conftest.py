@@ -12,6 +12,15 @@ from ase.calculators.emt import EMT
 from backbones import M3GNet
 from fidelity_adapters import from_atoms, wrap
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The CLI sets torch's thread count (--threads); a test calling it must not change the
+    threads of the tests after it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 SMALL = dict(node_dim=16, edge_dim=16, hidden=(16,), readout_hidden=(16, 16))
 
 
@@ -47,6 +56,21 @@ def water_dimer(seed=0) -> Atoms:
     atoms = a + b
     atoms.positions += np.random.default_rng(seed).normal(scale=0.03, size=atoms.positions.shape)
     atoms.info["fidelity"] = "PBE"
+    return atoms
+
+
+def water_box(triclinic: bool = True, seed: int = 0) -> Atoms:
+    """Eight water molecules in a 6.2 A periodic cell (sheared when triclinic)."""
+    rng = np.random.default_rng(seed)
+    atoms = Atoms(cell=np.diag([6.2, 6.2, 6.2]), pbc=True)
+    for corner in np.ndindex(2, 2, 2):
+        water = molecule("H2O")
+        water.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        water.positions += 3.1 * np.array(corner) + 1.5
+        atoms += water
+    if triclinic:
+        atoms.set_cell(atoms.cell.array + [[0, 0, 0], [1.1, 0, 0], [0.6, -0.8, 0]], scale_atoms=True)
+    atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
     return atoms
 
 

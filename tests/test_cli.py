@@ -126,3 +126,22 @@ def test_a_resumed_run_says_so(tmp_path, data_file, capsys):
     assert "resuming" not in capsys.readouterr().err
     assert main(["train", str(data_file), *flags]) == 0
     assert f"resuming from {tmp_path / 'run' / 'checkpoint.pt'} after epoch 0" in capsys.readouterr().err
+
+
+def test_threads_option_sets_torch_threads(data_file, monkeypatch, capsys):
+    import torch
+
+    from fidelity_adapters.cli import default_threads
+
+    assert main(["evaluate", "--threads", "1", "absent.safetensors", str(data_file), "--fidelity", "SCAN"]) == 2
+    assert "torch threads: 1 (--threads)" in capsys.readouterr().err and torch.get_num_threads() == 1
+    assert main(["evaluate", "--threads", "0", "absent.safetensors", str(data_file), "--fidelity", "SCAN"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert default_threads() == 3  # four cores, one kept busy by another process
+    main(["evaluate", "absent.safetensors", str(data_file), "--fidelity", "SCAN"])
+    assert "torch threads: 3 (the free cores" in capsys.readouterr().err and torch.get_num_threads() == 3
+    monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert default_threads() == 1

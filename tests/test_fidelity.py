@@ -1,5 +1,7 @@
 """FidelityState and wrap(): names, errors, references, the fidelity reaching the output."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +67,7 @@ def test_single_fidelity_model_has_no_state_and_the_paper_parameter_count():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert one.fidelity_state.embedding is None
     assert count(one) == 221_597  # Ko & Ong, 1fi silicon
-    assert count(two) - count(one) > 0
+    assert count(two) == 252_589  # docs/design.md: the state path adds 30,992 parameters
 
 
 def _synthetic(seed=0):
@@ -138,3 +140,40 @@ def test_m3gnet_potential_init_depends_on_its_seed_only():
     before = torch.get_rng_state()
     m3gnet_potential(["Si"], ["PBE"], seed=5)
     assert torch.equal(torch.get_rng_state(), before) and not torch.equal(state, before)
+
+
+def test_composition_outside_the_fitted_span_is_flagged(tmp_path):
+    """References fitted on water clusters only (every structure H2nOn) cannot tell H from O:
+    an H2 molecule then gets a warning (or, by choice, an error), water none; the span is
+    saved with the model; full-rank data (mixed compositions) flags nothing."""
+    from ase import Atoms
+
+    from fidelity_adapters.serialization import load_potential, save_potential
+
+    def labelled(atoms, energy):
+        s = from_atoms(atoms, "PBE")
+        s.energy = energy
+        return s
+
+    water_only = [labelled(water_dimer(seed=k), -400.0 - k) for k in range(4)]
+    potential = small_potential(["H", "O"], ["PBE", "SCAN"])
+    potential.fit_references(water_only)
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    with pytest.warns(UserWarning, match="composition H2 is outside the compositions the PBE reference energies"):
+        potential.graph(h2, "PBE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        potential.graph(water_dimer(seed=9), "PBE")  # in the span: silent
+        potential.graph(h2, "SCAN")  # SCAN had no energies: relative energies, nothing to flag
+    potential.unfitted_composition = "error"
+    with pytest.raises(ValueError, match="composition H2 is outside"):
+        potential.graph(h2, "PBE")
+    save_potential(potential, tmp_path / "m.safetensors")
+    reloaded = load_potential(tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match="composition H2 is outside"):
+        reloaded.graph(h2, "PBE")
+    mixed = water_only + [labelled(h2, -30.0)]
+    potential.fit_references(mixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        potential.graph(Atoms("O2", positions=[[0, 0, 0], [0, 0, 1.2]]), "PBE")

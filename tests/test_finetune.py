@@ -91,6 +91,28 @@ def test_adapter_training_leaves_the_pretrained_interactions_alone(clusters):
 
 
 @needs_matgl_weights
+def test_lowrank_training_moves_each_weight_within_its_rank(clusters):
+    """trainable="lowrank": every linear weight of the backbone changes by a matrix of rank at
+    most `rank` (frozen W plus a trained B A, merged into plain weights at the end), and the
+    result saves and reloads as an ordinary model."""
+    from fidelity_adapters.low_rank import has_low_rank_updates
+    from fidelity_adapters.pretrained import load_pretrained
+
+    scan, _ = clusters
+    torch.manual_seed(0)  # the new state path's layers start random: the same draw for both
+    result = finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="lowrank", rank=2))
+    torch.manual_seed(0)
+    original = load_pretrained(PBE_MODEL, add=["SCAN"]).backbone
+    tuned = result.potential.backbone
+    assert not has_low_rank_updates(tuned)
+    changes = [tuned.get_submodule(name).weight - layer.weight for name, layer in original.named_modules() if isinstance(layer, torch.nn.Linear)]
+    assert len(changes) > 20
+    # float32 weights: W + B A is rounded by about 1e-7 |W| per element, so count singular values above that noise
+    ranks = [int(torch.linalg.matrix_rank(c.double(), atol=64 * torch.finfo(torch.float32).eps * 2)) for c in changes]
+    assert max(ranks) == 2 and sum(r > 0 for r in ranks) > len(ranks) // 2
+
+
+@needs_matgl_weights
 def test_bad_requests_are_named(clusters):
     scan, pbe = clusters
     with pytest.raises(ValueError, match="needs base-level"):
@@ -119,3 +141,22 @@ def test_cli_finetune_uses_base_frames_as_replay(clusters, tmp_path, capsys):
     assert report["n_replay_train"] == 3 and report["n_base_held_out"] == 1  # a fifth of the replay held out
     assert np.isfinite(report["after"]["target_val"]["force_mae"])
     assert (out / "model.safetensors").exists()
+
+
+def test_finetune_sevenn_mf0_saves_and_reloads(clusters, tmp_path):
+    """SevenNet-MF-0 fine-tuned at a new fidelity (a copied r2SCAN modality) with distilled
+    replay, saved by `finetune` and reloaded with the same predictions at every fidelity."""
+    pytest.importorskip("sevenn", reason="sevenn is not installed (pip install -e '.[sevenn]')")
+    from fidelity_adapters.serialization import load_potential
+
+    scan, _ = clusters
+    result = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="distill", replay_ratio=0.5), out_dir=tmp_path)
+    potential = result.potential
+    assert potential.fidelities == ["r2SCAN", "PBE", "SCAN"]
+    assert result.report["after"]["base_held_out"]["force_mae"] > 0  # training moved the shared network
+    reloaded = load_potential(tmp_path / "model.safetensors")
+    structure = scan[7]
+    for fidelity in potential.fidelities:
+        want, got = potential.predict([structure], fidelity)[0], reloaded.predict([structure], fidelity)[0]
+        assert got["energy"] == want["energy"]
+        np.testing.assert_array_equal(got["forces"], want["forces"])

@@ -231,3 +231,12 @@ def test_energy_bias_is_averaged_and_tells_offset_from_scatter(tmp_path):
     line = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| mfi")][0]
     assert line.rstrip().endswith("| 3.00 ± 1.41 |")
     assert np.isnan(summarise([run(seed=0), run(seed=1, energy_bias_per_atom=1e-3)])[0]["energy_bias_per_atom_mean"])
+
+
+def test_parity_plot_falls_back_to_the_next_seed(tmp_path):
+    """A run restored from an earlier report has no parity file: the plot comes from the lowest
+    seed that has one, and says which seed it is."""
+    true_e, true_f = np.zeros(3), np.zeros(9)
+    save_parity(tmp_path / "s1.npz", true_e, true_e + 0.01, true_f, true_f - 0.05)
+    text = write_report([run(seed=0, parity="s0.npz"), run(seed=1, parity="s1.npz")], tmp_path).read_text()
+    assert "(parity/mfi_random_10.png)" in text and "Parity plots not drawn" not in text

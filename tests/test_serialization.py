@@ -74,15 +74,79 @@ def test_calculator_uses_the_named_fidelity(tmp_path):
 
 
 def test_short_nve_conserves_energy():
-    """A smooth potential (cutoffs smooth to second order) conserves energy in Verlet MD."""
+    """A smooth potential (cutoffs smooth to second order) conserves energy in Verlet MD, while
+    its potential energy swings by far more (so the check measures something)."""
+    from ase.md.velocitydistribution import thermalize_momenta
+
     potential = small_potential(["Si"], ["PBE", "SCAN"], seed=2)
     atoms = rattled_si(repeat=1)
     atoms.calc = FidelityCalculator(potential, "SCAN")
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(0))
-    total = []
+    thermalize_momenta(atoms, 600, rng=np.random.default_rng(0))
+    total, potential_energy = [], []
     dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
-    dyn.attach(lambda: total.append(atoms.get_total_energy()), interval=5)
+    dyn.attach(lambda: (total.append(atoms.get_total_energy()), potential_energy.append(atoms.get_potential_energy())), interval=5)
     dyn.run(200)
     assert max(total) - min(total) < 1e-3 * len(atoms)
+    assert max(potential_energy) - min(potential_energy) > 20 * (max(total) - min(total))
+
+
+def _rewrite(source, target, edit, digests: str = "recompute", drop_tensors=()):
+    """Copy a model file with its metadata edited by `edit(meta)`; digests recomputed (a
+    consistent hand-made file), kept (an edit after saving) or dropped (a format-1 file)."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from fidelity_adapters.serialization import DIGESTS_KEY, tensors_digest
+
+    with safe_open(str(source), framework="pt") as handle:
+        header = handle.metadata()
+    meta = json.loads(header["fidelity_adapters"])
+    edit(meta)
+    text = json.dumps(meta)
+    tensors = {k: v for k, v in load_file(str(source)).items() if k not in drop_tensors}
+    new_header = {"fidelity_adapters": text}
+    if digests == "recompute":
+        new_header[DIGESTS_KEY] = json.dumps({"tensors": tensors_digest(tensors), "metadata": hashlib.sha256(text.encode()).hexdigest()})
+    elif digests == "keep":
+        new_header[DIGESTS_KEY] = header[DIGESTS_KEY]
+    save_file(tensors, str(target), metadata=new_header)
+
+
+def test_changed_model_files_are_refused(tmp_path):
+    """Flipped weight bytes and edited metadata break the SHA-256 digests; a consistent but
+    absurd hand-made file is stopped by the range checks before anything is built."""
+    path = tmp_path / "model.safetensors"
+    save_potential(small_potential(["H", "O"], ["PBE", "SCAN"]), path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # inside the last tensor
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="weights do not match their SHA-256"):
+        load_potential(tmp_path / "flipped.safetensors")
+
+    def swap_fidelities(meta):
+        meta["fidelities"] = meta["fidelities"][::-1]
+
+    _rewrite(path, tmp_path / "edited.safetensors", swap_fidelities, digests="keep")
+    with pytest.raises(ValueError, match="metadata does not match its SHA-256"):
+        load_potential(tmp_path / "edited.safetensors")
+
+    for key, value, message in [("n_blocks", 10**6, r"n_blocks = 1000000 is outside \[0, 4096\]"),
+                                ("cutoff", 1e6, r"cutoff 1000000.0 A is outside"), ("cutoff", 0.0, "cutoff 0.0 A is outside"),
+                                ("node_dim", 32, "weights do not fit the model")]:  # fmt: skip
+        _rewrite(path, tmp_path / "crafted.safetensors", lambda meta: meta["backbone_config"].update({key: value}))
+        with pytest.raises(ValueError, match=message):
+            load_potential(tmp_path / "crafted.safetensors")
+
+
+def test_format_1_file_loads_with_a_warning(tmp_path):
+    potential = small_potential(["H", "O"], ["PBE", "SCAN"])
+    path = tmp_path / "model.safetensors"
+    save_potential(potential, path)
+    _rewrite(path, tmp_path / "old.safetensors", lambda meta: meta.update({"format_version": 1}), digests="drop",
+             drop_tensors=("fidelity_state.reference_span",))  # fmt: skip
+    with pytest.warns(UserWarning, match="without SHA-256 digests"):
+        old = load_potential(tmp_path / "old.safetensors")
+    assert torch.equal(old.fidelity_state.embedding.weight, potential.fidelity_state.embedding.weight)

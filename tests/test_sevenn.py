@@ -271,3 +271,28 @@ def test_wrap_third_party_takes_a_raw_sevenn_model():
     got, want = evaluate(FidelityCalculator(potential, "PBE"), atoms), evaluate(FidelityCalculator(reference, "PBE"), atoms)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["added-modality", "film"])
+def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
+    """Saved as the recipe that rebuilds it (checkpoint, fidelities, modalities, added
+    fidelities, FiLM) plus every tensor: trained weights and references come back exactly;
+    the LAMMPS / export / finetune commands that take a model file can then take it."""
+    from fidelity_adapters.serialization import load_potential, save_potential
+
+    if how == "added-modality":
+        potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
+    else:
+        potential = load_sevenn("7net-0", ["PBE", "SCAN"], inject=("messages",), inject_dim=4)
+    with torch.no_grad():  # as if fine-tuned: every weight moved, so defaults cannot pass for the saved ones
+        for parameter in potential.parameters():
+            parameter.add_(1e-3 * torch.randn_like(parameter))
+        potential.fidelity_state.elemental_energies[-1] += 0.5
+    save_potential(potential, tmp_path / "m.safetensors")
+    reloaded = load_potential(tmp_path / "m.safetensors")
+    assert reloaded.fidelities == potential.fidelities
+    atoms = triclinic_oxide()
+    for fidelity in potential.fidelities:
+        got, want = evaluate(FidelityCalculator(reloaded, fidelity), atoms), evaluate(FidelityCalculator(potential, fidelity), atoms)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])

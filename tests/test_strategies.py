@@ -72,7 +72,8 @@ def test_each_strategy_trains_and_predicts_the_target(strategy, tmp_path):
     assert len(predictions) == len(test)
     for s, p in zip(test, predictions):
         assert np.isfinite(p["energy"]) and p["forces"].shape == s.forces.shape
-        assert abs(p["energy"] - s.energy) / len(s) < 5.0  # the hifi reference shift (2 eV/atom) is in
+        # measured at most 0.07 eV/atom; a model that missed the 2 eV/atom shift between the levels fails
+        assert abs(p["energy"] - s.energy) / len(s) < 0.5
     assert (tmp_path / "run" / "best_model.safetensors").exists()
 
 

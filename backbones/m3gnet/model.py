@@ -20,7 +20,7 @@ from torch import nn
 
 from .basis import SmoothBesselBasis, SphericalBesselHarmonics, polynomial_cutoff
 from .layers import GatedMLP, M3GNetBlock, ThreeBodyInteraction
-from .triplets import triplets_of_graph
+from .triplets import triplets_in_torch, triplets_of_graph
 
 
 class M3GNet(nn.Module):
@@ -75,6 +75,11 @@ class M3GNet(nn.Module):
     def augment_graph(self, graph) -> None:
         """Add the triplet indices this backbone needs (numba, at graph-building time)."""
         graph.triplet_edge_ids = torch.as_tensor(triplets_of_graph(graph, self.three_body_cutoff))
+
+    def augment_graph_in_torch(self, graph, edge_vectors: torch.Tensor) -> None:
+        """The same triplets from tensor operations, inside a traced (exported) model."""
+        lengths = torch.linalg.norm(edge_vectors, dim=1)
+        graph.triplet_edge_ids = triplets_in_torch(graph.edge_index[0], lengths, self.three_body_cutoff, graph.species.shape[0])
 
     def forward(self, graph, edge_vectors: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         nodes = self.node_features(graph, edge_vectors, state)

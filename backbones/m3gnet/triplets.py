@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 
 
 @numba.njit(cache=True)
@@ -63,3 +64,22 @@ def triplets_of_graph(graph, three_body_cutoff: float) -> np.ndarray:
     i, j = graph.edge_index.cpu().numpy()
     within = shorter_than(pos, cell, i, j, graph.edge_shift.cpu().numpy(), three_body_cutoff)
     return triplet_edge_pairs(i, within, int(graph.num_nodes))
+
+
+def triplets_in_torch(centre: torch.Tensor, lengths: torch.Tensor, cutoff: float, n_atoms: int) -> torch.Tensor:
+    """The same triplets as triplet_edge_pairs (in another order), from tensor operations only,
+    for an exported model whose host supplies nothing but a neighbour list. Edges within the
+    cutoff are grouped by centre atom; each edge is paired with every other edge of its group."""
+    within = (lengths < cutoff).nonzero().squeeze(1)
+    centres = centre.index_select(0, within)
+    order = torch.argsort(centres, stable=True)
+    edges, centres = within.index_select(0, order), centres.index_select(0, order)
+    # index_add, not bincount: AOTInductor has no C implementation of bincount
+    group_size = torch.zeros(n_atoms, dtype=torch.int64, device=centre.device).index_add(0, centres, torch.ones_like(centres))
+    group_start = torch.cumsum(group_size, 0) - group_size
+    partners = group_size.index_select(0, centres)  # per edge: its group's size, itself included
+    first = torch.repeat_interleave(torch.arange(edges.shape[0], device=edges.device), partners)
+    rank = torch.arange(first.shape[0], device=edges.device) - (torch.cumsum(partners, 0) - partners).index_select(0, first)
+    second = group_start.index_select(0, centres.index_select(0, first)) + rank
+    distinct = (second != first).nonzero().squeeze(1)
+    return torch.stack([edges.index_select(0, first.index_select(0, distinct)), edges.index_select(0, second.index_select(0, distinct))])

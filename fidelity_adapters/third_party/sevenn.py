@@ -83,6 +83,7 @@ class SevennBackbone(ThirdPartyBackbone):
         self.register_buffer("modal_index", index, persistent=False)
         self.n_heads = max(len(modals), 1)
         self.config["modals"] = modals
+        self.recipe: dict | None = None  # how load_sevenn built it (set there): what a saved model is rebuilt from
         _rescale_module(model)  # refuses a model with several
 
     @property
@@ -212,6 +213,10 @@ def load_sevenn(
             raise ValueError(f"no modality for fidelities {missing}: give modal_map={{name: one of {available}}}")
         modals = [modal_map[f] for f in fidelities]
     backbone = SevennBackbone(checkpoint.build_model(), modal=modals)  # the e3nn backend (no cuEquivariance / flash)
+    backbone.recipe = {
+        "checkpoint": name, "fidelities": fidelities, "modal_map": modal_map if defaults is not None else None,
+        "inject": None if inject is None else list(inject), "inject_dim": inject_dim, "added": [],
+    }  # fmt: skip
     potential = wrap(backbone, fidelities, backbone.elements, inject=inject, inject_dim=inject_dim)
     table = np.broadcast_to(backbone.reference_energies(), (len(fidelities), len(backbone.elements))).copy()
     potential.fidelity_state.set_references(table, 1.0)
@@ -224,7 +229,7 @@ def add_fidelity(potential: Potential, new: str, like: str) -> Potential:
     fidelity `like`: a new sevenn modality whose one-hot columns (in every modal linear layer)
     and shift row are copies of `like`'s modality, and `like`'s references. Predictions at
     `new` equal those at `like` until training changes its columns. Changes the potential in
-    place (its model too) and returns it."""
+    place (its model too: copy.deepcopy it first to keep the original) and returns it."""
     backbone = potential.backbone
     if not isinstance(backbone, SevennBackbone) or not backbone.modals:
         raise ValueError("add_fidelity needs a potential over a multi-modal sevenn model (SevennBackbone with modal=...)")
@@ -243,12 +248,25 @@ def add_fidelity(potential: Potential, new: str, like: str) -> Potential:
     backbone.config["modals"] = backbone.modals
     backbone.modal_index = torch.cat([backbone.modal_index, backbone.modal_index.new_tensor([model.modal_map[new]])])
     backbone.n_heads = len(backbone.modals)
+    if backbone.recipe is not None:
+        backbone.recipe["added"].append([new, like])
 
     old = potential.fidelity_state
     state = FidelityState(old.fidelities + [new], old.elemental_energies.shape[1], 0).to(old.elemental_energies.device)
     table = torch.cat([old.elemental_energies, old.elemental_energies[base : base + 1]])
     state.set_references(table.cpu().numpy(), float(old.scale))
     potential.fidelity_state = state
+    return potential
+
+
+def rebuild_sevenn(recipe: dict) -> Potential:
+    """The potential a recipe (SevennBackbone.recipe) describes, with the checkpoint's weights:
+    a saved model's tensors are then loaded into it (serialization.load_potential)."""
+    potential = load_sevenn(
+        recipe["checkpoint"], recipe["fidelities"], recipe["modal_map"], inject=recipe["inject"], inject_dim=recipe["inject_dim"]
+    )
+    for new, like in recipe["added"]:
+        add_fidelity(potential, new, like=like)
     return potential
 
 

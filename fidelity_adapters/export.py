@@ -1,0 +1,159 @@
+"""Export a potential at one named fidelity as a self-contained artefact: a torch.export
+program (`.pt2`) that needs torch only, not this package, with its fidelity, elements, cutoff
+and units in its metadata.
+
+torch.export cannot trace `torch.autograd.grad`, and forces and virial are the energy's
+gradient. So `make_fx` first traces the whole computation, backward pass included, into one
+graph of plain tensor operations with symbolic sizes; torch.export then exports that graph
+with the number of atoms and edges dynamic. Everything that runs in the eager model runs in
+the trace: the FiLM hooks of injected e3nn backbones become ordinary operations of the graph,
+and M3GNet's triplets are built inside it from the edge lengths (`triplets_in_torch`), so the
+host only supplies a neighbour list.
+
+Inputs (one structure): positions (N, 3) float64 A; cell (3, 3) float64, rows are vectors;
+species (N,) int64, the index of each atom's element in metadata["elements"]; edge_index
+(2, E) int64, centre -> neighbour, every pair within the cutoff in both directions; edge_shift
+(E, 3) float64, the neighbour's cell offset (its position is pos[j] + shift @ cell).
+Outputs: energy () eV, forces (N, 3) eV/A, virial (3, 3) eV = -dE/dstrain (stress = -virial / V).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import atomic_numbers, chemical_symbols
+from torch import nn
+
+from .data import LabelledStructure, from_atoms
+from .graph import build_graph
+from .serialization import atomic_write
+
+FORMAT = "fidelity-adapters-export-1"
+METADATA_FILE = "fidelity_adapters.json"
+UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "virial": "eV"}
+
+
+class FixedFidelityPotential(nn.Module):
+    """The potential at one fidelity as a function of plain tensors (the exported signature)."""
+
+    def __init__(self, potential, fidelity: str):
+        super().__init__()
+        self.potential = copy.deepcopy(potential).eval().requires_grad_(False)
+        self.fidelity_index = potential.fidelity_state.index(fidelity)
+        self.register_buffer("fidelity_id", torch.tensor([self.fidelity_index]))
+        self.register_buffer("identity", torch.eye(3, dtype=torch.float64))
+
+    def forward(self, positions, cell, species, edge_index, edge_shift):
+        potential = self.potential
+        dtype = potential.dtype
+        positions = positions.clone().requires_grad_(True)
+        strain = torch.zeros_like(cell).requires_grad_(True)
+        deformation = self.identity + strain
+        pos, strained_cell = (positions @ deformation).to(dtype), (cell @ deformation).to(dtype)
+        centre, neighbour = edge_index[0], edge_index[1]
+        vectors = pos.index_select(0, neighbour) + edge_shift.to(dtype) @ strained_cell - pos.index_select(0, centre)
+        graph = SimpleNamespace(
+            edge_index=edge_index, species=species, batch=torch.zeros_like(species), num_graphs=1, fidelity=self.fidelity_id
+        )
+        if hasattr(potential.backbone, "augment_graph_in_torch"):
+            potential.backbone.augment_graph_in_torch(graph, vectors)
+        atomic = potential._run_backbone(potential.backbone, graph, vectors)
+        reference = potential.fidelity_state.elemental_energies[self.fidelity_index].index_select(0, species)
+        energy = (potential.fidelity_state.scale * atomic.to(torch.float64) + reference).sum()
+        position_gradient, strain_gradient = torch.autograd.grad(energy, [positions, strain])
+        return energy.detach(), -position_gradient, -strain_gradient
+
+
+def _example_inputs(potential) -> tuple:
+    """Seven atoms in a periodic triclinic cell to trace with. Their count must differ from every
+    other input size (2, 3 and the edge count): equal sizes would be unified in the trace and
+    the atom count fixed to that constant."""
+    cell = np.array([[6.0, 0.0, 0.0], [0.7, 6.2, 0.0], [0.3, -0.4, 6.4]])
+    positions = np.random.default_rng(0).uniform(0, 1, size=(7, 3)) @ cell
+    numbers = np.array([potential.elements[k % len(potential.elements)] for k in range(7)])
+    structure = LabelledStructure(numbers, positions, cell, np.ones(3, bool), potential.fidelities[0], label="export example")
+    return graph_inputs(build_graph(structure, potential.elements, 0, potential.backbone.cutoff, check=False))
+
+
+def graph_inputs(graph) -> tuple:
+    return (graph.pos, graph.cell.reshape(3, 3), graph.species, graph.edge_index, graph.edge_shift)
+
+
+def export_potential(potential, fidelity: str, path: str | Path) -> dict:
+    """Write `potential` at `fidelity` as a torch.export program; returns its metadata."""
+    from torch.export import Dim
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    module = FixedFidelityPotential(potential, fidelity)
+    example = _example_inputs(potential)
+    traced = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+    atoms, edges = Dim("atoms", min=1), Dim("edges", min=1)
+    program = torch.export.export(
+        traced, example, dynamic_shapes=({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}), strict=False
+    )
+    metadata = {
+        "format": FORMAT, "fidelity": fidelity, "model_fidelities": list(potential.fidelities),
+        "elements": [chemical_symbols[z] for z in potential.elements], "cutoff": float(potential.backbone.cutoff),
+        "units": UNITS, "dtype": str(potential.dtype).removeprefix("torch."), "backbone": type(potential.backbone).__name__,
+        "inputs": ["positions", "cell", "species", "edge_index", "edge_shift"], "outputs": ["energy", "forces", "virial"],
+    }  # fmt: skip
+    buffer = io.BytesIO()  # (torch.export.save warns about a temporary file name that does not end in .pt2)
+    torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(metadata)})
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    return metadata
+
+
+class ExportedPotential:
+    """A loaded export at the fidelity it was exported at; called with the graph tensors."""
+
+    def __init__(self, path: str | Path, fidelity: str):
+        extra = {METADATA_FILE: ""}
+        try:
+            self.program = torch.export.load(os.fspath(path), extra_files=extra)
+            self.metadata = json.loads(extra[METADATA_FILE])
+        except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: not a readable exported potential ({type(error).__name__}: {error})") from None
+        if self.metadata.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {self.metadata.get('format')!r}, expected {FORMAT!r}")
+        if fidelity != self.metadata["fidelity"]:
+            raise ValueError(
+                f"{path} was exported at fidelity {self.metadata['fidelity']!r}, not {fidelity!r} "
+                f"(export one file per fidelity; the model knows {self.metadata['model_fidelities']})"
+            )
+        self.fidelity = fidelity
+        self.module = self.program.module()
+        self.elements = [atomic_numbers[e] for e in self.metadata["elements"]]
+
+    def __call__(self, *inputs):
+        return self.module(*inputs)
+
+
+
+class ExportedCalculator(Calculator):
+    """ASE calculator of an exported file at its fidelity (our neighbour list feeds it)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, path: str | Path, fidelity: str, **kwargs):
+        super().__init__(**kwargs)
+        self.exported = ExportedPotential(path, fidelity)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        structure = from_atoms(self.atoms, fidelity=self.exported.fidelity, label="atoms")
+        structure.energy, structure.forces, structure.stress = float("nan"), None, None
+        graph = build_graph(structure, self.exported.elements, 0, self.exported.metadata["cutoff"])
+        energy, forces, virial = self.exported(*graph_inputs(graph))
+        self.results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.detach().numpy().astype(np.float64)}
+        if self.atoms.pbc.all():
+            s = -virial.detach().numpy().astype(np.float64) / self.atoms.get_volume()
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
