@@ -8,6 +8,19 @@ from ase.calculators.calculator import Calculator, all_changes
 from .data import from_atoms
 
 
+def unlabelled_structure(atoms, fidelity: str):
+    """The geometry of ASE Atoms at a fidelity, without whatever labels they carry (a calculator
+    predicts them; an old result attached to the atoms must not be read as a label)."""
+    structure = from_atoms(atoms, fidelity=fidelity, label="atoms")
+    structure.energy, structure.forces, structure.stress = float("nan"), None, None
+    return structure
+
+
+def voigt(stress: np.ndarray) -> np.ndarray:
+    """3x3 stress -> ASE's Voigt order xx, yy, zz, yz, xz, xy (the components as they are)."""
+    return np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
+
+
 class FidelityCalculator(Calculator):
     """Energy, forces and (for fully periodic cells) stress at `fidelity`.
 
@@ -48,9 +61,7 @@ class FidelityCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        structure = from_atoms(self.atoms, fidelity=self.fidelity, label="atoms")
-        structure.energy, structure.forces, structure.stress = float("nan"), None, None
-        graph = self.potential.graph(structure)
+        graph = self.potential.graph(unlabelled_structure(self.atoms, self.fidelity))
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
         out = self.potential(graph, forces=True, stress=want_stress)
         energy = float(out["energy"].detach()[0])
@@ -61,5 +72,4 @@ class FidelityCalculator(Calculator):
             "energies": out["atomic_energies"].detach().cpu().numpy().astype(np.float64),
         }
         if want_stress:
-            s = out["stress"].detach().cpu().numpy().astype(np.float64)[0]
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results["stress"] = voigt(out["stress"].detach().cpu().numpy().astype(np.float64)[0])

@@ -33,8 +33,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers, chemical_symbols
 from torch import nn
 
-from .data import LabelledStructure, from_atoms
+from .calculator import unlabelled_structure, voigt
+from .data import LabelledStructure
 from .graph import build_graph
+from .potential import edge_vectors_of
 from .serialization import atomic_write
 
 FORMAT = "fidelity-adapters-export-1"
@@ -59,14 +61,14 @@ class FixedFidelityPotential(nn.Module):
         strain = torch.zeros_like(cell).requires_grad_(True)
         deformation = self.identity + strain
         pos, strained_cell = (positions @ deformation).to(dtype), (cell @ deformation).to(dtype)
-        centre, neighbour = edge_index[0], edge_index[1]
-        vectors = pos.index_select(0, neighbour) + edge_shift.to(dtype) @ strained_cell - pos.index_select(0, centre)
         graph = SimpleNamespace(
-            edge_index=edge_index, species=species, batch=torch.zeros_like(species), num_graphs=1, fidelity=self.fidelity_id
-        )
+            edge_index=edge_index, edge_shift=edge_shift, species=species, batch=torch.zeros_like(species), num_graphs=1,
+            fidelity=self.fidelity_id,
+        )  # fmt: skip
+        vectors = edge_vectors_of(graph, pos, strained_cell[None])
         if hasattr(potential.backbone, "augment_graph_in_torch"):
             potential.backbone.augment_graph_in_torch(graph, vectors)
-        atomic = potential._run_backbone(potential.backbone, graph, vectors)
+        atomic = potential.run_backbone(potential.backbone, graph, vectors)
         reference = potential.fidelity_state.elemental_energies[self.fidelity_index].index_select(0, species)
         energy = (potential.fidelity_state.scale * atomic.to(torch.float64) + reference).sum()
         position_gradient, strain_gradient = torch.autograd.grad(energy, [positions, strain])
@@ -137,7 +139,6 @@ class ExportedPotential:
         return self.module(*inputs)
 
 
-
 class ExportedCalculator(Calculator):
     """ASE calculator of an exported file at its fidelity (our neighbour list feeds it)."""
 
@@ -149,11 +150,9 @@ class ExportedCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        structure = from_atoms(self.atoms, fidelity=self.exported.fidelity, label="atoms")
-        structure.energy, structure.forces, structure.stress = float("nan"), None, None
+        structure = unlabelled_structure(self.atoms, self.exported.fidelity)
         graph = build_graph(structure, self.exported.elements, 0, self.exported.metadata["cutoff"])
         energy, forces, virial = self.exported(*graph_inputs(graph))
         self.results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.detach().numpy().astype(np.float64)}
         if self.atoms.pbc.all():
-            s = -virial.detach().numpy().astype(np.float64) / self.atoms.get_volume()
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results["stress"] = voigt(-virial.detach().numpy().astype(np.float64) / self.atoms.get_volume())

