@@ -5,7 +5,11 @@ labeller, at settings whose convergence was checked (the numbers travel with the
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 from .data import LabelledStructure, read_structures
 
@@ -18,6 +22,17 @@ def water_clusters() -> list[LabelledStructure]:
     if not WATER_CLUSTERS.exists():
         raise FileNotFoundError(f"bundled data missing at {WATER_CLUSTERS}; run examples/make_bundled_data.py")
     return read_structures(WATER_CLUSTERS)
+
+
+def rattled_water_clusters(n: int, scale: float = 0.02, seed: int = 0) -> Iterator[LabelledStructure]:
+    """n copies of the bundled clusters in turn, each rattled by `scale` A (Gaussian), labels
+    kept: a data set of any size for memory and speed benchmarks (not for accuracy)."""
+    base = water_clusters()
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        s = base[k % len(base)]
+        yield replace(s, positions=s.positions + rng.normal(scale=scale, size=s.positions.shape), label=f"rattled {k}",
+                      info={"struct_id": k})  # fmt: skip
 
 
 def label_convergence() -> dict:

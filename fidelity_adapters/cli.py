@@ -1,4 +1,4 @@
-"""Command line: `fidelity-adapters demo | train | evaluate | compare | info | eos | relax | md | rdf | label |
+"""Command line: `fidelity-adapters demo | prepare | train | evaluate | compare | info | eos | relax | md | rdf | label |
 pretrained | finetune | export | lammps`, each with --threads."""
 
 from __future__ import annotations
@@ -53,12 +53,19 @@ def _train(args) -> None:
     from .distributed import world
     from .recipes import m3gnet_potential
     from .serialization import save_potential
+    from .shards import ShardedStructures, is_prepared
     from .splits import validation_split
     from .training import TrainConfig, train
 
-    structures = []
-    for path in args.data:
-        structures.extend(read_structures(path, default_fidelity=args.data_fidelity, every=args.every, limit=args.limit))
+    if any(is_prepared(path) for path in args.data):  # on disk, streamed (`prepare`)
+        if len(args.data) > 1 or args.every != 1 or args.limit or args.data_fidelity:
+            raise ValueError("prepared shards are trained on alone, as prepared: give one directory, and --every, "
+                             "--limit or --data-fidelity to `prepare` instead")  # fmt: skip
+        structures = ShardedStructures(args.data[0])
+    else:
+        structures = []
+        for path in args.data:
+            structures.extend(read_structures(path, default_fidelity=args.data_fidelity, every=args.every, limit=args.limit))
     if not structures:
         raise ValueError("no structures in the given data files")
     found = fidelities_of(structures)
@@ -73,19 +80,37 @@ def _train(args) -> None:
         if name not in found:
             raise ValueError(f"no structures of fidelity {name!r} in the data (found {found})")
     train_ids, val_ids = validation_split(structures, args.val_fraction, args.seed, must_validate=args.target)
-    train_set, val_set = [structures[k] for k in train_ids], [structures[k] for k in val_ids]
+    if isinstance(structures, ShardedStructures):
+        train_set, val_set = structures.subset(train_ids), structures.subset(val_ids)
+    else:
+        train_set, val_set = [structures[k] for k in train_ids], [structures[k] for k in val_ids]
     elements = sorted({int(z) for s in structures for z in np.unique(s.numbers)})
     potential = m3gnet_potential(elements, fidelities, seed=args.seed)
     print(potential.describe())
     config = TrainConfig(
         max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, force_weight=args.force_weight,
         stress_weight=args.stress_weight, patience=args.patience, seed=args.seed, monitor=args.target,
-        refit_references=args.refit_references,
+        refit_references=args.refit_references, workers=args.workers,
+        sampling_ratios=dict(args.sampling_ratios) if args.sampling_ratios else None, sampling_temperature=args.sampling_temperature,
     )  # fmt: skip
     result = train(potential, train_set, val_set, config, out_dir=args.out)
     if world().is_main:  # under torchrun, rank 0 writes
         save_potential(potential, Path(args.out) / "model.safetensors", extra={"best_epoch": result.best_epoch})
     print(f"best epoch {result.best_epoch}, validation loss {result.best_val_loss:.5g}; model: {Path(args.out) / 'model.safetensors'}")
+
+
+def _prepare(args) -> None:
+    import itertools
+
+    from .data import iter_structures
+    from .shards import write_shards
+
+    frames = itertools.chain.from_iterable(
+        iter_structures(path, default_fidelity=args.data_fidelity, every=args.every, limit=args.limit) for path in args.data
+    )
+    out = write_shards(frames, args.out, shard_size=args.shard_size, sources=args.data)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"{manifest['n_structures']} structures ({manifest['fidelities']}) in {len(manifest['shards'])} shards: {out}")
 
 
 def _evaluate(args) -> None:
@@ -116,6 +141,7 @@ def _compare(args) -> None:
         "fractions": args.fractions, "seeds": args.seeds, "sampling": args.sampling, "every": args.every,
         "limit": args.limit, "geometries": args.geometries, "epochs": args.epochs, "batch_size": args.batch_size, "freeze": args.freeze,
         "force_weight": args.force_weight, "backbone": args.backbone, "refit_references": args.refit_references,
+        "pretrained": args.pretrained, "pretrained_base": args.pretrained_base,
     }  # fmt: skip
     settings = settings_with(settings, flags)
     report = compare(settings, args.out, command=" ".join(["fidelity-adapters", *sys.argv[1:]]))
@@ -130,11 +156,12 @@ def _calculator(args, fidelity: str):
 
 def _read_structure(path: str):
     from ase.io import read
+    from ase.io.formats import UnknownFileTypeError
 
     try:
         return read(path)
-    except (OSError, ValueError, StopIteration) as error:
-        raise ValueError(f"{path}: cannot read a structure ({error})") from None
+    except (OSError, ValueError, StopIteration, UnknownFileTypeError) as error:  # an empty file: UnknownFileTypeError
+        raise ValueError(f"{path}: cannot read a structure ({error or type(error).__name__})") from None
 
 
 def _eos(args) -> None:
@@ -262,6 +289,17 @@ def _pretrained(args) -> None:
     print(f"{potential.describe()}\nsaved to {args.out}")
 
 
+def _named_value(text: str) -> tuple[str, float]:
+    """NAME=VALUE on the command line (a fidelity and its share)."""
+    name, _, value = text.rpartition("=")
+    try:
+        if name:
+            return name, float(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: expected FIDELITY=NUMBER, e.g. SCAN=0.5")
+
+
 def _check_val_fraction(value: float) -> None:
     if not 0 < value < 1:
         raise ValueError(f"--val-fraction {value}: must be between 0 and 1 (exclusive)")
@@ -361,8 +399,17 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 
+    prep = _command(sub, "prepare", help="write extxyz files as on-disk shards that `train` streams (memory flat in the data size)")
+    prep.add_argument("data", nargs="+", help="extxyz files (plain or .gz), read one frame at a time")
+    prep.add_argument("--out", required=True, help="new directory for the shards and their manifest.json")
+    prep.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
+    prep.add_argument("--every", type=int, default=1, help="keep every n-th frame of each file")
+    prep.add_argument("--limit", type=int, help="at most this many frames from each file")
+    prep.add_argument("--shard-size", type=int, default=10000, help="structures per shard file")
+    prep.set_defaults(func=_prepare)
+
     tr = _command(sub, "train", help="train an M3GNet potential on extxyz files of one or more fidelities")
-    tr.add_argument("data", nargs="+", help="extxyz files (plain or .gz); fidelity from info['fidelity']")
+    tr.add_argument("data", nargs="+", help="extxyz files (plain or .gz; fidelity from info['fidelity']), or one `prepare`d directory")
     tr.add_argument("--out", required=True, help="output directory (checkpoint, best model; resumes if present)")
     tr.add_argument("--fidelities", nargs="+", help="fidelity names in model order (default: as found in the data)")
     tr.add_argument("--target", help="fidelity whose validation loss picks the best epoch")
@@ -378,6 +425,10 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-fraction", type=float, default=0.1)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--refit-references", action="store_true", help=REFIT_HELP)
+    tr.add_argument("--workers", type=int, default=0, help="DataLoader processes building the graphs of prepared (on-disk) data")
+    tr.add_argument("--sampling-ratios", nargs="+", type=_named_value, metavar="FIDELITY=SHARE",
+                    help="each fidelity's share of an epoch's draws, e.g. PBE=1 SCAN=1 (default: as many as it has)")
+    tr.add_argument("--sampling-temperature", type=float, help="or shares proportional to n_fidelity^(1/T) (T=1: proportional)")
     tr.set_defaults(func=_train)
 
     ev = _command(sub, "evaluate", help="energy and force MAE of a saved model at one fidelity")
@@ -388,13 +439,15 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
     ev.set_defaults(func=_evaluate)
 
-    cmp = _command(sub, "compare", help="mfi vs single / transfer / delta / multihead over hifi fractions and seeds")
+    cmp = _command(sub, "compare", help="mfi vs single / transfer / delta / multihead (and from a foundation model) over hifi fractions and seeds")
     cmp.add_argument("data", nargs="*", help="extxyz files (default: the bundled PBE/r2SCAN/SCAN water clusters)")
     cmp.add_argument("--config", help="YAML file of settings (keys as in fidelity_adapters.compare.CompareSettings)")
     cmp.add_argument("--out", default="runs/compare", help="sweep directory; a half-finished sweep there resumes")
     cmp.add_argument("--lofi", nargs="+", help="low fidelity name(s)")
     cmp.add_argument("--hifi", help="target fidelity name")
-    cmp.add_argument("--strategies", nargs="+", help="any of mfi single transfer delta multihead")
+    cmp.add_argument("--strategies", nargs="+", help="any of mfi single transfer delta multihead; zero-shot ft-mfi ft-transfer ft-delta with --pretrained")
+    cmp.add_argument("--pretrained", help="foundation model the zero-shot / ft-* strategies start from (see `fidelity-adapters pretrained`)")
+    cmp.add_argument("--pretrained-base", help="the foundation model's own level the target starts from (default: its first)")
     cmp.add_argument("--fractions", nargs="+", type=float, help="high-fidelity training fractions, e.g. 0.05 0.1 0.2")
     cmp.add_argument("--seeds", nargs="+", type=int)
     cmp.add_argument("--sampling", nargs="+", help="any of random direct narrow")

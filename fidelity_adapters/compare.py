@@ -33,7 +33,7 @@ from .report import UNREADABLE_PARITY, load_parity, save_parity, write_report
 from .sampling import METHODS, select
 from .serialization import atomic_write
 from .splits import Split, paper_split
-from .strategies import STRATEGIES, Task, fit
+from .strategies import FROM_PRETRAINED, FROM_SCRATCH, STRATEGIES, Task, fit
 from .strategies.lofi_model import lofi_model
 from .training import TrainConfig
 
@@ -46,7 +46,7 @@ class CompareSettings:
     data: list[str | dict] = field(default_factory=list)
     lofi: list[str] = field(default_factory=lambda: ["PBE"])
     hifi: str = "r2SCAN"
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=lambda: list(FROM_SCRATCH))
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     strategy_fractions: dict[str, list[float]] = field(default_factory=dict)  # per-strategy fractions, e.g. single
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -65,6 +65,9 @@ class CompareSettings:
     model: dict = field(default_factory=dict)  # backbone options, e.g. {"node_dim": 32}
     freeze: list[str] = field(default_factory=lambda: ["atom_embedding"])  # transfer learning
     pretrain_fidelity: str | None = None  # the low fidelity transfer/delta build on; default the last of lofi
+    pretrained: str | None = None  # foundation model of zero-shot / ft-mfi / ft-transfer / ft-delta (pretrained/)
+    pretrained_base: str | None = None  # its own level the target starts from; default its first
+    finetune: dict = field(default_factory=dict)  # FinetuneConfig options of the ft-* strategies (replay, trainable, ...)
 
     @classmethod
     def from_dict(cls, values: dict) -> "CompareSettings":
@@ -101,6 +104,7 @@ class CompareSettings:
                 raise ValueError(f"unknown sampling {method!r}; known: {list(METHODS)}")
         if not self.strategies or not self.seeds or not self.sampling:
             raise ValueError("strategies, seeds and sampling must each name at least one")
+        self._check_pretrained()
         if "transfer" in self.strategies:  # a freeze prefix the backbone lacks fails now, not after the low-fidelity model
             from .strategies.transfer import freeze
 
@@ -109,6 +113,30 @@ class CompareSettings:
             except TypeError as error:
                 raise ValueError(f"model options {self.model} do not fit backbone {self.backbone}: {error}") from None
             freeze(probe, self.freeze)
+
+
+    def _check_pretrained(self) -> None:
+        """A foundation model that is missing, or options it would not take, fail here, not mid-sweep."""
+        wanted = [name for name in self.strategies if name in FROM_PRETRAINED]
+        if not wanted:
+            if self.pretrained or self.pretrained_base or self.finetune:
+                raise ValueError(f"pretrained / pretrained_base / finetune are set but no strategy uses them ({list(FROM_PRETRAINED)})")
+            return
+        if self.pretrained is None:
+            raise ValueError(f"strategies {wanted} start from a foundation model: set `pretrained` (see `fidelity-adapters pretrained`)")
+        from .finetune import FinetuneConfig
+        from .pretrained import entry
+
+        model = entry(self.pretrained)
+        where, why = model.locate()
+        if where is None:
+            raise ValueError(f"pretrained {self.pretrained}: {why}")
+        if self.pretrained_base is not None and self.pretrained_base not in model.fidelities:
+            raise ValueError(f"pretrained_base {self.pretrained_base!r} is not one of {self.pretrained}'s levels {list(model.fidelities)}")
+        try:
+            FinetuneConfig(**self.finetune).check()
+        except TypeError as error:
+            raise ValueError(f"finetune options {self.finetune}: {error}") from None
 
 
 QUICK = {"epochs": 2, "fractions": [0.05, 0.1], "strategy_fractions": {}, "seeds": [0], "batch_size": 8, "model": SMALL_MODEL}
@@ -232,7 +260,8 @@ class Comparison:
         s = self.settings
         config = replace(self.config, seed=seed)
         return Task(self.structures, split, list(s.lofi), s.hifi, config, run_dir, self.out / "lofi_models" / f"s{seed}",
-                    dict(s.model), s.pretrain_fidelity, tuple(s.freeze), s.backbone)  # fmt: skip
+                    dict(s.model), s.pretrain_fidelity, tuple(s.freeze), s.backbone, s.pretrained, s.pretrained_base,
+                    dict(s.finetune))  # fmt: skip
 
     def split(self, method: str, fraction: float, seed: int) -> Split:
         s = self.settings
@@ -294,7 +323,7 @@ class Comparison:
             "n_hifi_train": len(split.hifi_train), "n_lofi_train": len(split.lofi_train), "n_test": len(split.test),
             **{k: v for k, v in error_metrics(parity, len(test)).items() if k != "n_structures"},
             "note": "; ".join(filter(None, [fitted.note, _no_choice(split, method)])), "parity": str((run_dir / "parity.npz").relative_to(self.out)),
-            "seconds": round(time.perf_counter() - start, 1),
+            "seconds": round(time.perf_counter() - start, 1), **fitted.details,
         }  # fmt: skip
         _write_json(record_path, record)
         return record
@@ -331,9 +360,21 @@ class Comparison:
             f"strategy and fraction of a seed. Training: {s.epochs} epochs max, batch {s.batch_size}, lr {s.learning_rate}, "
             f"force weight {s.force_weight}, backbone {s.backbone}, model options {s.model or 'defaults'}; "
             f"transfer freezes {s.freeze}.",
+            self._pretrained_line(),
             f"Machine: {machine()}.",
         ]
         return "\n\n".join(line for line in lines if line)
+
+    def _pretrained_line(self) -> str:
+        s = self.settings
+        if not any(name in FROM_PRETRAINED for name in s.strategies):
+            return ""
+        return (
+            f"Foundation model: {s.pretrained} from its level {s.pretrained_base or 'first'}; fine-tuning options "
+            f"{s.finetune or 'defaults'}, the epochs, batch and lr above. ft-transfer (no replay) gets its epochs scaled by "
+            "(1 + replay ratio) so that it takes as many optimizer steps as ft-mfi with replay; the steps column gives "
+            "the optimizer steps each run took (early stopping keeps the best epoch, not the last)."
+        )
 
 
 def compare(settings: CompareSettings, out_dir: str | Path, command: str = "", encoder=None) -> Path:

@@ -166,16 +166,44 @@ def read_structures(
 
     Frames `start`, `start + every`, ... are kept, at most `limit` of them, to subsample the
     large public sets without parsing them whole. Labels keep the frame's index in the file."""
+    return list(iter_structures(path, fidelity, every, limit, start, default_fidelity))
+
+
+def iter_structures(
+    path: str | os.PathLike,
+    fidelity: str | None = None,
+    every: int = 1,
+    limit: int | None = None,
+    start: int = 0,
+    default_fidelity: str | None = None,
+) -> Iterator[LabelledStructure]:
+    """read_structures one frame at a time, for files too large to hold (`prepare`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     if every < 1 or start < 0 or (limit is not None and limit < 1):
         raise ValueError(f"{path}: every must be >= 1, start >= 0 and limit >= 1 (got {every}, {start}, {limit})")
-    frames = stream_frames(path, every, limit, start)
-    return [
-        from_atoms(a, fidelity=fidelity or (None if "fidelity" in a.info else default_fidelity), label=f"{path.name}:{k}")
-        for k, a in frames
-    ]
+    for k, a in stream_frames(path, every, limit, start):
+        name = fidelity or (None if "fidelity" in a.info else default_fidelity)
+        yield from_atoms(a, fidelity=name, label=f"{path.name}:{k}")
+
+
+def write_structures(structures: Iterable[LabelledStructure], path: str | os.PathLike) -> None:
+    """Write structures with their fidelities and labels as extxyz (info energy / stress,
+    arrays forces: what read_structures reads back); a missing label is left out."""
+    from ase.io import write
+
+    frames = []
+    for s in structures:
+        atoms = s.to_atoms()
+        if s.has_energy:
+            atoms.info["energy"] = s.energy
+        if s.stress is not None:
+            atoms.info["stress"] = s.stress
+        if s.forces is not None:
+            atoms.arrays["forces"] = s.forces
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
 
 
 def load_structures(source, fidelity: str | None = None) -> list[LabelledStructure]:
@@ -231,6 +259,13 @@ def check_closest_pair(structure: LabelledStructure, i, j, shifts, closest: int)
             f"{s.label}: atoms {int(i[k])} and {int(j[k])} are {distance:.3f} A apart (< {MIN_DISTANCE} A); "
             "check units and duplicated atoms"
         )
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter), reading `items` once."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def fidelities_of(structures: Iterable[LabelledStructure]) -> list[str]:

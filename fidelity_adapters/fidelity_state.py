@@ -39,10 +39,10 @@ class FidelityState(nn.Module):
     def _apply(self, fn, recurse=True):
         """Keep the reference table in float64 whatever the network's dtype: totals are
         thousands of eV, and float32 would round them to about 1e-3 eV."""
+        kept = {name: getattr(self, name) for name in ("elemental_energies", "scale", "reference_span")}
         super()._apply(fn, recurse)
-        self.elemental_energies = self.elemental_energies.to(torch.float64)
-        self.scale = self.scale.to(torch.float64)
-        self.reference_span = self.reference_span.to(torch.float64)
+        for name, value in kept.items():  # the float64 originals, on the device fn moved them to (never through float32)
+            setattr(self, name, value.to(device=getattr(self, name).device, dtype=torch.float64))
         return self
 
     def index(self, name: str) -> int:

@@ -12,7 +12,6 @@ nothing: hooks on a module whose output never reaches the energy would otherwise
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
 
@@ -33,19 +32,6 @@ PLACES = {
     "messages": "after each interaction block",
     "readout": "on the readout's input",
 }
-
-
-@dataclass(frozen=True)
-class InjectionSite:
-    """Per-atom features (N, irreps.dim) passing through `module`: its output, or for a readout
-    its input (`on_input`); `index` picks one element of a tuple output (or argument), `key` one
-    entry of a dict (nequip's modules pass dicts; the hook returns a modified shallow copy)."""
-
-    module: nn.Module
-    irreps: str | o3.Irreps
-    on_input: bool = False
-    index: int | None = None
-    key: str | None = None
 
 
 class ScalarFiLM(nn.Module):

@@ -152,6 +152,18 @@ def neighbor_list(
     return neighbor_list_and_closest(positions, cell, pbc, cutoff)[:3]
 
 
+def average_neighbors(structures, cutoff: float) -> float:
+    """Mean number of neighbours within `cutoff` per atom over the structures: the message
+    normalisation of the e3nn backbones, computed from the training data as MACE and nequip do."""
+    pairs = atoms = 0
+    for s in structures:
+        pairs += len(neighbor_list(s.positions, s.cell, s.pbc, cutoff)[0])
+        atoms += len(s.numbers)
+    if not atoms:
+        raise ValueError("no structures to count neighbours in")
+    return pairs / atoms
+
+
 def neighbor_list_and_closest(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -20,11 +19,11 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import nn
 from torch_geometric.data import Batch
 
-from .data import LabelledStructure, from_atoms
+from .data import LabelledStructure, chunks, from_atoms
 from .fidelity_state import FidelityState
 from .graph import AtomicGraph, build_graph
 from .injection import FidelityInjector, check_fidelity_reaches_output
-from .references import composition_span, fit_elemental_energies, force_scale
+from .references import ReferenceSums, force_scale
 
 
 @contextmanager
@@ -116,23 +115,26 @@ class Potential(nn.Module):
         mean output on a new level of theory, and a trained model loses the mean energy error
         on its training set that a loss dominated by forces leaves. A fidelity without energy
         labels among `structures` then keeps the references it has."""
-        scale = force_scale(structures) if refit_scale else float(self.fidelity_state.scale)
         if not around_network:
-            table = fit_elemental_energies(structures, self.elements, self.fidelities)
-            self.fidelity_state.set_references(table, scale, composition_span(structures, self.elements, self.fidelities))
+            sums = ReferenceSums.of(structures, self.elements, self.fidelities)
+            scale = sums.force_scale() if refit_scale else float(self.fidelity_state.scale)
+            self.fidelity_state.set_references(sums.energies(), scale, sums.spans())
             return
+        scale = force_scale(structures) if refit_scale else float(self.fidelity_state.scale)
         current = self.fidelity_state.elemental_energies.cpu().numpy()
         self.fidelity_state.set_references(current, scale)  # the network's energies in the scale fitted for
-        labelled = [s for s in structures if s.has_energy]
-        residuals = [replace(s, energy=s.energy - e) for s, e in zip(labelled, self.network_energies(labelled))]
-        table = fit_elemental_energies(residuals, self.elements, self.fidelities)
-        fitted = {s.fidelity for s in labelled}
+        residuals = ReferenceSums(self.elements, self.fidelities)
+        for chunk in chunks(structures, 64):  # a stream from disk is read once, a chunk at a time
+            labelled = [s for s in chunk if s.has_energy]
+            for s, e in zip(labelled, self.network_energies(labelled)):
+                residuals.add(s, energy=s.energy - e)
+        table = residuals.energies()
         # a fitted fidelity's references are valid where its old ones were (if it had any),
         # else only on the span of the data just fitted
         span = self.fidelity_state.reference_span.cpu().numpy()
-        data_span = composition_span(labelled, self.elements, self.fidelities)
-        for f, name in enumerate(self.fidelities):
-            if name not in fitted:
+        data_span = residuals.spans()
+        for f in range(len(self.fidelities)):
+            if not residuals.labelled[f]:
                 table[f] = current[f]
             elif not current[f].any():
                 span[f] = data_span[f]
@@ -256,6 +258,18 @@ def edge_vectors_of(batch, pos: torch.Tensor, cell: torch.Tensor) -> torch.Tenso
     return pos.index_select(0, neighbour) + shift_vectors - pos.index_select(0, centre)
 
 
+THIRD_PARTY_LIBRARIES = ("mace", "nequip", "sevenn")
+
+
+def library_of(model: nn.Module) -> str | None:
+    """'mace', 'nequip' or 'sevenn' if the model's class (or a base class) comes from that package."""
+    for cls in type(model).__mro__:
+        root = cls.__module__.split(".")[0]
+        if root in THIRD_PARTY_LIBRARIES:
+            return root
+    return None
+
+
 def wrap(
     backbone: nn.Module,
     fidelities: Sequence[str],
@@ -279,8 +293,6 @@ def wrap(
     n_heads = int(getattr(backbone, "n_heads", 1) or 1)
     if n_heads > 1 and n_heads != len(fidelities):
         raise ValueError(f"{type(backbone).__name__} has {n_heads} readout heads but {len(fidelities)} fidelities were given")
-    from .third_party import library_of  # here: third_party imports this module
-
     library = library_of(backbone)
     if library is not None:
         raise TypeError(f"a {library} model needs its adapter: fidelity_adapters.third_party.wrap_third_party(model, ...)")
@@ -294,15 +306,15 @@ def wrap(
     n_elements = getattr(backbone, "config", {}).get("n_elements", len(numbers))
     if n_elements != len(numbers):
         raise ValueError(f"backbone was built for {n_elements} elements but {len(numbers)} were given: {elements}")
+    dtype = next(backbone.parameters()).dtype  # the fidelity vectors in the network's precision (references stay float64)
     if not injected:
         if inject is not None or inject_dim is not None:
             how = "through its global state" if state_dim else "by readout head" if n_heads > 1 else "nowhere (one fidelity)"
             raise ValueError(f"inject/inject_dim were given, but {type(backbone).__name__} takes the fidelity {how}")
-        return Potential(backbone, FidelityState(fidelities, len(numbers), state_dim), numbers)
-    dtype = next(backbone.parameters()).dtype
+        return Potential(backbone, FidelityState(fidelities, len(numbers), state_dim).to(dtype), numbers)
     inject_dim = 16 if inject_dim is None else inject_dim
     injector = FidelityInjector(backbone, ("messages",) if inject is None else inject, inject_dim).to(dtype)
-    potential = Potential(backbone, FidelityState(fidelities, len(numbers), inject_dim), numbers, injector)
+    potential = Potential(backbone, FidelityState(fidelities, len(numbers), inject_dim).to(dtype), numbers, injector)
     check_fidelity_reaches_output(potential)
     return potential
 

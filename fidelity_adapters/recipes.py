@@ -55,7 +55,9 @@ def mace_style_potential(
 ) -> Potential:
     """MACE-style e3nn backbone; with several fidelities an `inject_dim` (default 16) fidelity
     vector enters its 0e channels at the places in `inject` ("embedding", "messages",
-    "readout"; default messages). Both are errors for a single fidelity."""
+    "readout"; default messages). Both are errors for a single fidelity. Messages are divided
+    by `avg_neighbors` (backbone option, default 10): give it from the training data,
+    `neighbors.average_neighbors(train_structures, cutoff)`, as the comparison harness does."""
     return _e3nn_potential(MACEStyle, elements, fidelities, seed, inject, inject_dim, backbone_options)
 
 

@@ -5,7 +5,9 @@ structures that have that label (NaN energy, missing forces or stress are masked
 treated as zero). Adam with cosine decay to `final_lr_fraction` of the learning rate over
 `max_epochs`, early stopping on validation loss, per-fidelity validation metrics.
 
-With an output directory, `checkpoint.pt` (everything needed to resume) and
+Structures on disk (shards.ShardedStructures, from `fidelity-adapters prepare`) are streamed:
+their graphs are built batch by batch (in `workers` DataLoader processes), so memory does not
+grow with their number. With an output directory, `checkpoint.pt` (everything needed to resume) and
 `best_model.safetensors` are written atomically after every epoch; calling train() again
 on the same directory resumes from the last finished epoch.
 """
@@ -14,28 +16,31 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import os
 import socket
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
 from torch_geometric.data import Batch
-from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from .data import LabelledStructure, fidelities_of
 from .distributed import World, world
+from .fidelity_sampling import epoch_order, probabilities
 from .potential import Potential
 from .serialization import atomic_write, metadata_of, save_potential
+from .shards import ShardedStructures
 
 
 @dataclass
@@ -52,6 +57,9 @@ class TrainConfig:
     monitor: str | None = None  # fidelity whose validation loss drives early stopping; None: all
     refit_references: bool = False  # after training, refit the references around the best network
     fidelity_weights: dict[str, float] | None = None  # loss weight of each fidelity's structures; absent: 1
+    workers: int = 0  # DataLoader processes that build the graphs of on-disk (sharded) data; 0: in this process
+    sampling_ratios: dict[str, float] | None = None  # each fidelity's share of an epoch's draws (fidelity_sampling.py)
+    sampling_temperature: float | None = None  # or shares proportional to n_fidelity^(1/T); None (both): uniform shuffle
 
     def __post_init__(self) -> None:
         """Out-of-range settings are errors here, before anything trains (epochs 0 would save an untrained model)."""
@@ -60,7 +68,9 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"TrainConfig.{name} = {value}: must be > 0")
-        for name, value in {"force_weight": self.force_weight, "stress_weight": self.stress_weight, "patience": self.patience}.items():
+        nonnegative = {"force_weight": self.force_weight, "stress_weight": self.stress_weight, "patience": self.patience,
+                       "workers": self.workers}  # fmt: skip
+        for name, value in nonnegative.items():
             if not value >= 0:
                 raise ValueError(f"TrainConfig.{name} = {value}: must be >= 0")
 
@@ -77,7 +87,10 @@ def _check_data(potential: Potential, train, val, config: TrainConfig) -> None:
         raise ValueError("the training set is empty")
     if not val:
         raise ValueError("the validation set is empty")
-    for name in fidelities_of([*train, *val]):
+    if config.workers and not isinstance(train, ShardedStructures):
+        raise ValueError(f"workers={config.workers} builds the graphs of on-disk data (`fidelity-adapters prepare`); "
+                         "in-memory structures have theirs built once, before training")  # fmt: skip
+    for name in fidelities_of(itertools.chain(train, val)):
         potential.fidelity_state.index(name)
     if config.monitor is not None and config.monitor not in fidelities_of(val):
         raise ValueError(f"monitored fidelity {config.monitor!r} has no validation structures")
@@ -143,8 +156,10 @@ def validation_metrics(potential: Potential, graphs_by_fidelity: dict, config: T
     metrics: dict[str, float] = {}
     for name, graphs in graphs_by_fidelity.items():
         sums = dict.fromkeys(keys, 0.0)
-        for batch in DataLoader(world.shard(graphs), batch_size=config.batch_size):
-            for key, value in _loss_terms(potential, batch, config, training=False).items():
+        mine = world.shard(range(len(graphs)))
+        batches = [mine[start : start + config.batch_size] for start in range(0, len(mine), config.batch_size)]
+        for chunk in batched_graphs(graphs, batches, config.workers):
+            for key, value in _loss_terms(potential, Batch.from_data_list(chunk), config, training=False).items():
                 sums[key] += float(value.detach())
         if world.size > 1:
             sums = dict(zip(keys, world.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()))
@@ -174,8 +189,46 @@ def training_step(potential: Potential, graphs: list, config: TrainConfig, world
     return float(world.sum(loss_value))
 
 
-def _graphs(potential: Potential, structures: Sequence[LabelledStructure]) -> list:
+class GraphsOnDemand(torch.utils.data.Dataset):
+    """The graphs of structures on disk, built on each access: nothing is held."""
+
+    def __init__(self, potential: Potential, structures: ShardedStructures):
+        self.potential, self.structures = potential, structures
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    def __getitem__(self, index: int):
+        return self.potential.graph(self.structures[index])
+
+
+def graphs_of(potential: Potential, structures: Sequence[LabelledStructure]):
+    """Every graph, built now (in-memory data), or on demand (on-disk data)."""
+    if isinstance(structures, ShardedStructures):
+        return GraphsOnDemand(potential, structures)
     return [potential.graph(s) for s in structures]
+
+
+def graphs_by_fidelity(potential: Potential, structures: Sequence[LabelledStructure]) -> dict:
+    if not isinstance(structures, ShardedStructures):
+        grouped: dict[str, list] = {}
+        for s in structures:
+            grouped.setdefault(s.fidelity, []).append(potential.graph(s))
+        return grouped
+    positions: dict[str, list[int]] = {}
+    for k, s in enumerate(structures):  # one pass, keeping positions only
+        positions.setdefault(s.fidelity, []).append(k)
+    return {name: GraphsOnDemand(potential, structures.subset(ids)) for name, ids in positions.items()}
+
+
+def batched_graphs(graphs, batches: list[list[int]], workers: int):
+    """The graphs of each batch of indices, in order; built by `workers` processes ahead of use
+    when they are built on demand."""
+    if not isinstance(graphs, GraphsOnDemand) or workers == 0:
+        for indices in batches:
+            yield [graphs[k] for k in indices]
+        return
+    yield from torch.utils.data.DataLoader(graphs, batch_sampler=batches, collate_fn=list, num_workers=workers)
 
 
 def train(
@@ -195,11 +248,12 @@ def train(
     (and saved with it); the validation losses of the history are from before. Two runs into
     one out_dir are refused (a lock file there), not left to overwrite each other."""
     config = config or TrainConfig()
-    if out_dir is None:
-        return _train(potential, train_structures, val_structures, config, None, fit_references)
-    metadata_of(potential)  # a model that cannot be saved fails now, not after its first epoch
-    with run_lock(out_dir) if world(potential.device).is_main else nullcontext():
-        return _train(potential, train_structures, val_structures, config, out_dir, fit_references)
+    if out_dir is not None:
+        metadata_of(potential)  # a model that cannot be saved fails now, not after its first epoch
+    cuda = [potential.device.index or 0] if potential.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeded for this run; the caller's random state is left as it was
+        with run_lock(out_dir) if out_dir is not None and world(potential.device).is_main else nullcontext():
+            return _train(potential, train_structures, val_structures, config, out_dir, fit_references)
 
 
 @contextmanager
@@ -228,7 +282,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
     _check_data(potential, train_structures, val_structures, config)
     ranks = world(potential.device)
     if ranks.size > 1:
-        ranks.check_same("the training and validation data", data_digest([*train_structures, *val_structures]))
+        ranks.check_same("the training and validation data", data_digest(itertools.chain(train_structures, val_structures)))
     torch.manual_seed(config.seed)
     checkpoint_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
     writes = out_dir is not None and ranks.is_main  # rank 0 writes; every rank reads a checkpoint to resume
@@ -259,15 +313,19 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         start_epoch, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         history = json.loads(state["history"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and potential.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], potential.device)
         if config.progress and ranks.is_main:
             print(f"resuming from {checkpoint_path} after epoch {state['epoch']} (best epoch {best_epoch})", file=sys.stderr)
     elif fit_references:
         potential.fit_references(train_structures)
 
-    train_graphs = _graphs(potential, train_structures)
-    val_graphs: dict[str, list] = {}
-    for s in val_structures:
-        val_graphs.setdefault(s.fidelity, []).append(potential.graph(s))
+    train_graphs = graphs_of(potential, train_structures)
+    val_graphs = graphs_by_fidelity(potential, val_structures)
+    train_fidelities = [s.fidelity for s in train_structures]  # names only: a stream from disk is not held
+    shares = None
+    if config.sampling_ratios is not None or config.sampling_temperature is not None:
+        shares = probabilities(dict(Counter(train_fidelities)), config.sampling_ratios, config.sampling_temperature)
     generator = torch.Generator().manual_seed(config.seed)
 
     epochs = range(start_epoch, config.max_epochs)
@@ -281,17 +339,23 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         # the global batches, the same on every rank; the first draw is the one torch's DataLoader
         # made (its workers' base seed) when it shuffled here, which keeps the batches of earlier runs
         torch.empty((), dtype=torch.int64).random_(generator=generator)
-        order = torch.randperm(len(train_graphs), generator=generator).tolist()
-        for start in range(0, len(order), config.batch_size):
+        if shares is None:
+            order = torch.randperm(len(train_graphs), generator=generator).tolist()
+        else:
+            order = epoch_order(train_fidelities, shares, generator)
+        batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+        if ranks.size > 1:  # each rank gets the global batch's fidelity mix, to within one structure per fidelity
+            batches = [ranks.shard(sorted(b, key=lambda k: train_fidelities[k])) for b in batches]
+        for graphs in batched_graphs(train_graphs, batches, config.workers):
             optimizer.zero_grad()
-            mine = ranks.shard(order[start : start + config.batch_size])
-            train_loss += training_step(potential, [train_graphs[k] for k in mine], config, ranks, trainable)
+            train_loss += training_step(potential, graphs, config, ranks, trainable)
             optimizer.step()
             n_batches += 1
         scheduler.step()
         potential.eval()
         metrics = validation_metrics(potential, val_graphs, config, ranks)
         metrics.update(epoch=epoch, train_loss=train_loss / n_batches, lr=scheduler.get_last_lr()[0])
+        metrics.update({f"{name}/seen": n for name, n in Counter(train_fidelities[k] for k in order).items()})
         history.append(metrics)
         if metrics["loss"] < best_loss:
             best_loss, best_epoch = metrics["loss"], epoch
@@ -304,7 +368,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
                 "model": potential.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "best_model": best_state, "epoch": epoch,
                 "best_val_loss": best_loss, "best_epoch": best_epoch, "history": json.dumps(history),
-                "rng": torch.get_rng_state(), "config": json.dumps(asdict(config)),
+                "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_state(potential), "config": json.dumps(asdict(config)),
                 "fingerprint": json.dumps(run_fingerprint),
             })  # fmt: skip
     bar.close()
@@ -317,6 +381,11 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
     return TrainResult(best_epoch=best_epoch, best_val_loss=best_loss, history=history)
 
 
+def _cuda_rng_state(potential: Potential) -> torch.Tensor | None:
+    """The random state of the potential's GPU (None on CPU), saved so a resume continues it."""
+    return torch.cuda.get_rng_state(potential.device) if potential.device.type == "cuda" else None
+
+
 def _changes(saved: dict, current: dict, ignored=()) -> list[str]:
     """'key: saved -> current' for every entry of current that differs from the saved one."""
     return [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in ignored and saved.get(k) != v]
@@ -324,13 +393,13 @@ def _changes(saved: dict, current: dict, ignored=()) -> list[str]:
 
 def _check_same_config(path: Path, saved: dict, config: TrainConfig) -> None:
     """A resumed run must continue the same schedule; anything else needs a new directory."""
-    changed = _changes(saved, asdict(config), ignored={"progress", "refit_references"})  # these do not change the schedule
+    changed = _changes(saved, asdict(config), ignored={"progress", "refit_references", "workers"})  # these do not change the schedule
     if changed:
         raise ValueError(f"{path} was written with other settings ({'; '.join(changed)}); "
                          "resume with the same settings or train into a new directory")  # fmt: skip
 
 
-def data_digest(structures: Sequence[LabelledStructure]) -> str:
+def data_digest(structures: Iterable[LabelledStructure]) -> str:
     """SHA-256 of the structures in order: geometry, fidelity name and labels."""
     digest = hashlib.sha256()
     for s in structures:

@@ -145,3 +145,13 @@ def test_threads_option_sets_torch_threads(data_file, monkeypatch, capsys):
     assert "torch threads: 3 (the free cores" in capsys.readouterr().err and torch.get_num_threads() == 3
     monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
     assert default_threads() == 1
+
+
+def test_relax_on_an_empty_file_is_a_message(tmp_path, capsys):
+    from conftest import small_potential
+    from fidelity_adapters.serialization import save_potential
+
+    save_potential(small_potential(["H", "O"], ["PBE", "SCAN"]), tmp_path / "m.safetensors")
+    (tmp_path / "empty.extxyz").write_text("")
+    assert main(["relax", str(tmp_path / "m.safetensors"), str(tmp_path / "empty.extxyz"), "--fidelity", "PBE"]) == 2
+    assert "empty.extxyz: cannot read a structure" in capsys.readouterr().err

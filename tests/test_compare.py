@@ -12,7 +12,7 @@ from fidelity_adapters import cli
 from fidelity_adapters.compare import CompareSettings, Comparison, compare
 from fidelity_adapters.report import read_results
 from fidelity_adapters.serialization import read_metadata
-from fidelity_adapters.strategies import STRATEGIES
+from fidelity_adapters.strategies import FROM_SCRATCH
 
 
 @pytest.fixture
@@ -39,11 +39,11 @@ def test_sweep_runs_every_strategy_and_writes_a_parseable_report(cu_file, tmp_pa
     report = compare(settings, tmp_path / "sweep")
     results = read_results(tmp_path / "sweep")
     runs = {(r["strategy"], r["fraction"]) for r in results["records"]}
-    assert runs == {(s, 0.2) for s in STRATEGIES} | {("single", 0.4)}
+    assert runs == {(s, 0.2) for s in FROM_SCRATCH} | {("single", 0.4)}
     assert all(r["n_test"] == 2 and r["energy_mae_per_atom"] >= 0 for r in results["records"])
     assert {r["n_hifi_train"] for r in results["records"] if r["strategy"] == "single"} == {4, 8}
     text = report.read_text()
-    for name in STRATEGIES:
+    for name in FROM_SCRATCH:
         assert name in text
     assert "labels for 4/4" in text  # delta says where its lofi labels came from
     assert (tmp_path / "sweep" / "learning_curve.png").exists()

@@ -18,7 +18,6 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from torch_geometric.data import Batch
 
 try:
     import sevenn.util
@@ -208,16 +207,6 @@ def test_fidelity_names_and_modalities_are_checked():
         load_sevenn("7net-omat")
     with pytest.raises(TypeError, match="sevenn model needs its adapter"):
         wrap(potential.backbone.model, ["PBE"], potential.elements)
-
-
-def test_a_batch_mixes_fidelities():
-    potential = ours("7net-mf-0", torch.float64)
-    structures = [(silicon(), "r2SCAN"), (silicon(), "PBE"), (methane(), "PBE"), (triclinic_oxide(), "r2SCAN")]
-    batch = Batch.from_data_list([potential.graph(a, f) for a, f in structures])
-    together = potential(batch, forces=True)
-    alone = [float(potential(potential.graph(a, f), forces=True)["energy"][0]) for a, f in structures]
-    np.testing.assert_allclose(together["energy"].detach().numpy(), alone, rtol=1e-12)
-    assert abs(alone[0] - alone[1]) > 1e-3  # the modality matters
 
 
 def test_new_fidelity_starts_as_its_base():

@@ -13,7 +13,7 @@ from conftest import CU_OPTIONS as OPTIONS
 from conftest import paired_cu
 from fidelity_adapters import paper_split
 from fidelity_adapters.recipes import m3gnet_potential
-from fidelity_adapters.strategies import STRATEGIES, Task, fit, freeze
+from fidelity_adapters.strategies import FROM_SCRATCH, Task, fit, freeze
 from fidelity_adapters.strategies.delta import difference_labels
 from fidelity_adapters.training import TrainConfig
 
@@ -62,7 +62,7 @@ def test_split_is_independent_of_fraction_and_uses_the_chooser(tmp_path):
         paper_split(data, "lo", "hi", hifi_fraction=0.1, seed=1, choose=lambda ids, k: [ids[0]] * k)
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", FROM_SCRATCH)
 def test_each_strategy_trains_and_predicts_the_target(strategy, tmp_path):
     data = paired_cu()
     task = task_for(data, tmp_path)
@@ -156,3 +156,19 @@ def test_multihead_heads_are_independent():
     assert not torch.allclose(potential(hi_batch, forces=False)["energy"], energy_lo)
     with pytest.raises(ValueError, match="readout heads"):
         m3gnet_potential(["Cu"], ["lo", "mid", "hi"], state_dim=0, n_heads=2, **OPTIONS)
+
+
+def test_e3nn_backbones_normalise_messages_by_the_datas_neighbour_count(tmp_path):
+    from fidelity_adapters.neighbors import average_neighbors
+    from fidelity_adapters.serialization import load_potential, save_potential
+
+    data = paired_cu()
+    task = task_for(data, tmp_path, backbone="MACEStyle")
+    task.backbone_options = {"channels": 4, "lmax": 1, "cutoff": 3.0}
+    potential = task.potential(["lo", "hi"])
+    expected = average_neighbors(task.pick(task.split.lofi_train), 3.0)
+    assert expected != 10.0 and potential.backbone.config["avg_neighbors"] == pytest.approx(expected)
+    assert [layer.conv.avg_neighbors for layer in potential.backbone.layers] == [pytest.approx(expected)] * len(potential.backbone.layers)
+    save_potential(potential, tmp_path / "m.safetensors")
+    assert load_potential(tmp_path / "m.safetensors").backbone.config["avg_neighbors"] == pytest.approx(expected)
+    assert task.potential(["lo", "hi"], avg_neighbors=7.0).backbone.config["avg_neighbors"] == 7.0  # a given value wins

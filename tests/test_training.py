@@ -249,3 +249,13 @@ def test_refit_around_the_network_keeps_references_of_a_fidelity_it_has_no_energ
     potential.fit_references([s for s in data if s.fidelity == "hi"], refit_scale=False, around_network=True)
     torch.testing.assert_close(potential.fidelity_state.elemental_energies[0], lo_before)
     assert abs(_offset_per_atom(potential, data, "hi")) < 1e-9
+
+
+def test_training_leaves_the_callers_random_state_and_float64_models_are_float64_throughout():
+    data = emt_structures(12)
+    potential = cu_potential()
+    assert {p.dtype for p in potential.parameters()} == {torch.float64}  # the fidelity embedding too
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train(potential, data[:9], data[9:], TrainConfig(max_epochs=1, batch_size=4, progress=False))
+    assert torch.equal(torch.get_rng_state(), before)

@@ -15,6 +15,7 @@ from e3nn import o3
 from torch import nn
 
 from ..e3nn_blocks import Convolution, E3nnBackbone, ScalarReadout, invariant_part, natural_irreps
+from ..injection_sites import InjectionSite
 
 
 def channelwise_product(irreps1: o3.Irreps, irreps2: o3.Irreps, keep: o3.Irreps, same: bool) -> o3.TensorProduct:
@@ -138,8 +139,6 @@ class MACEStyle(E3nnBackbone):
         return features
 
     def injection_sites(self) -> dict:
-        from fidelity_adapters.injection import InjectionSite  # not at the top: fidelity_adapters imports backbones
-
         return {
             "embedding": [InjectionSite(self.embedding, self.irreps_embedding)],
             "messages": [InjectionSite(layer, layer.irreps_out) for layer in self.layers],

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..e3nn_blocks import Convolution, E3nnBackbone, ScalarReadout, invariant_part, natural_irreps
+from ..injection_sites import InjectionSite
 
 
 class InteractionBlock(nn.Module):
@@ -96,8 +97,6 @@ class NequIPStyle(E3nnBackbone):
         return h
 
     def injection_sites(self) -> dict:
-        from fidelity_adapters.injection import InjectionSite  # not at the top: fidelity_adapters imports backbones
-
         return {
             "embedding": [InjectionSite(self.embedding, self.irreps_embedding)],
             "messages": [InjectionSite(block, block.irreps_out) for block in self.blocks],

@@ -1,9 +1,11 @@
 """Ways to get a potential for the target (high) fidelity, all trained by the same trainer on
-the same split: `mfi`, `single`, `transfer`, `delta`, `multihead`. One module each."""
+the same split: `mfi`, `single`, `transfer`, `delta`, `multihead` from random weights (one module
+each), and `zero-shot`, `ft-mfi`, `ft-transfer`, `ft-delta` from a foundation model (pretrained.py)."""
 
 from .delta import DeltaPotential, fit_delta
 from .multifidelity import fit_multifidelity
 from .multihead import fit_multihead
+from .pretrained import fit_finetuned_mfi, fit_finetuned_transfer, fit_foundation_delta, fit_zero_shot
 from .single import fit_single
 from .task import Fitted, Task
 from .transfer import fit_transfer, freeze
@@ -14,7 +16,13 @@ STRATEGIES = {
     "transfer": fit_transfer,
     "delta": fit_delta,
     "multihead": fit_multihead,
+    "zero-shot": fit_zero_shot,
+    "ft-mfi": fit_finetuned_mfi,
+    "ft-transfer": fit_finetuned_transfer,
+    "ft-delta": fit_foundation_delta,
 }
+FROM_PRETRAINED = ("zero-shot", "ft-mfi", "ft-transfer", "ft-delta")
+FROM_SCRATCH = tuple(name for name in STRATEGIES if name not in FROM_PRETRAINED)
 
 
 def fit(strategy: str, task: Task) -> Fitted:
@@ -23,4 +31,4 @@ def fit(strategy: str, task: Task) -> Fitted:
     return STRATEGIES[strategy](task)
 
 
-__all__ = ["STRATEGIES", "DeltaPotential", "Fitted", "Task", "fit", "freeze"]
+__all__ = ["FROM_PRETRAINED", "FROM_SCRATCH", "STRATEGIES", "DeltaPotential", "Fitted", "Task", "fit", "freeze"]

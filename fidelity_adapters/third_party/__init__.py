@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from ..potential import Potential, wrap
+from ..potential import Potential, library_of, wrap
 
 __all__ = ["MaceBackbone", "NequipBackbone", "SevennBackbone", "adapt", "load_sevenn", "nequip_global_state", "wrap_third_party"]
 
@@ -36,15 +36,6 @@ def __getattr__(name):  # lazy: `import fidelity_adapters.third_party` must not 
 
         return getattr(sevenn, name)
     raise AttributeError(name)
-
-
-def library_of(model: nn.Module) -> str | None:
-    """'mace', 'nequip' or 'sevenn' if the model's class (or a base class) comes from that package."""
-    for cls in type(model).__mro__:
-        root = cls.__module__.split(".")[0]
-        if root in ("mace", "nequip", "sevenn"):
-            return root
-    return None
 
 
 def adapt(model: nn.Module, elements: Sequence[int | str] | None = None, **options) -> nn.Module:

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..injection import InjectionSite
+from backbones.injection_sites import InjectionSite
+
 from .base import ThirdPartyBackbone
 
 

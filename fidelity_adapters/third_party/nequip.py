@@ -25,7 +25,8 @@ import torch
 from ase.data import atomic_numbers
 from torch import nn
 
-from ..injection import InjectionSite
+from backbones.injection_sites import InjectionSite
+
 from .base import ThirdPartyBackbone
 
 NODE_FEATURES = "node_features"

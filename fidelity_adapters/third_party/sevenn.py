@@ -43,8 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones.injection_sites import InjectionSite
+
 from ..fidelity_state import FidelityState
-from ..injection import InjectionSite
 from ..potential import Potential, wrap
 from .base import ThirdPartyBackbone
 
