@@ -7,20 +7,30 @@ Backbones without a global state (mace_style_potential, nequip_style_potential) 
 fidelity through injection into their invariant features (injection.py).
 """
 
-from .calculator import FidelityCalculator
-from .data import LabelledStructure, from_atoms, from_pymatgen, load_structures, read_structures
-from .evaluation import errors
-from .fidelity_state import FidelityState, UnknownFidelityError
-from .potential import Potential, wrap
-from .recipes import m3gnet_potential, mace_style_potential, nequip_style_potential
-from .serialization import load_potential, save_potential
-from .splits import Split, paper_split
-from .training import TrainConfig, TrainResult, train
+from importlib import import_module
 
-__all__ = [
-    "FidelityCalculator", "FidelityState", "LabelledStructure", "Potential", "Split", "TrainConfig",
-    "TrainResult", "UnknownFidelityError", "errors", "from_atoms", "from_pymatgen", "load_potential",
-    "load_structures", "m3gnet_potential", "mace_style_potential", "nequip_style_potential", "paper_split",
-    "read_structures", "save_potential", "train", "wrap",
-]  # fmt: skip
+_MODULE_OF = {
+    "FidelityCalculator": "calculator", "LabelledStructure": "data", "from_atoms": "data", "from_pymatgen": "data",
+    "load_structures": "data", "read_structures": "data", "errors": "evaluation", "FidelityState": "fidelity_state",
+    "UnknownFidelityError": "fidelity_state", "Potential": "potential", "wrap": "potential",
+    "m3gnet_potential": "recipes", "mace_style_potential": "recipes", "nequip_style_potential": "recipes",
+    "load_potential": "serialization", "save_potential": "serialization", "Split": "splits", "paper_split": "splits",
+    "TrainConfig": "training", "TrainResult": "training", "train": "training",
+}  # fmt: skip
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """Names are imported on first use, so that `fidelity-adapters --help` does not load torch."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'fidelity_adapters' has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
 __version__ = "0.1.0"

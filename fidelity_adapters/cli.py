@@ -49,6 +49,8 @@ def _label(args) -> int:
 
 
 def _train(args) -> None:
+    from dataclasses import asdict
+
     from .data import fidelities_of, read_structures
     from .distributed import world
     from .recipes import m3gnet_potential
@@ -95,7 +97,9 @@ def _train(args) -> None:
     )  # fmt: skip
     result = train(potential, train_set, val_set, config, out_dir=args.out)
     if world().is_main:  # under torchrun, rank 0 writes
-        save_potential(potential, Path(args.out) / "model.safetensors", extra={"best_epoch": result.best_epoch})
+        trained = {"best_epoch": result.best_epoch, "training": asdict(config), "data": [str(p) for p in args.data],
+                   "val_fraction": args.val_fraction}  # fmt: skip
+        save_potential(potential, Path(args.out) / "model.safetensors", extra=trained)
     print(f"best epoch {result.best_epoch}, validation loss {result.best_val_loss:.5g}; model: {Path(args.out) / 'model.safetensors'}")
 
 
@@ -171,7 +175,10 @@ def _eos(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.structure:
         structures = {Path(args.structure).stem: _read_structure(args.structure)}
+        if not structures[Path(args.structure).stem].pbc.all():
+            raise ValueError(f"{args.structure}: an equation of state needs a crystal periodic in all three directions")
     else:
+        print(f"no structure given: the Si polymorphs {' '.join(args.polymorphs)} (--polymorphs, or a file with --structure)")
         structures = {name: silicon_polymorph(name) for name in args.polymorphs}
     results, rows = {}, []
     for fidelity in args.fidelity:
@@ -189,7 +196,10 @@ def _eos(args) -> None:
     print(table)
 
 
-def _relax(args) -> None:
+NOT_CONVERGED = 3  # relax's exit status when it stopped at --steps (the last structure is written)
+
+
+def _relax(args) -> int:
     from ase.io import write
 
     from .physics.relax import relax
@@ -197,10 +207,9 @@ def _relax(args) -> None:
     result = relax(_read_structure(args.structure), _calculator(args, args.fidelity), fmax=args.fmax, steps=args.steps,
                    relax_cell=not args.fixed_cell, trajectory=args.trajectory)  # fmt: skip
     write(args.out, result.atoms, format="extxyz")
-    state = "converged" if result.converged else f"NOT converged in {result.steps} steps"
+    state = "converged" if result.converged else f"NOT converged in {result.steps} steps (fmax {args.fmax} eV/A not reached)"
     print(f"{state}: energy {result.energy:.6f} eV, max force {result.max_force:.4f} eV/A; written to {args.out}")
-    if not result.converged:
-        raise ValueError(f"relaxation did not reach fmax={args.fmax} eV/A in {args.steps} steps")
+    return 0 if result.converged else NOT_CONVERGED
 
 
 def _md(args) -> None:
@@ -212,7 +221,9 @@ def _md(args) -> None:
         trajectory=args.out, seed=args.seed, thermostat=args.thermostat, pressure_gpa=args.pressure,
     )  # fmt: skip
     print(f"{result.n_steps} steps of {args.ensemble.upper()} at fidelity {args.fidelity}; trajectory {args.out}")
-    print(f"mean temperature {result.temperature_K.mean():.1f} K, final volume {result.volume_per_atom[-1]:.3f} A^3/atom")
+    volume = result.volume_per_atom[-1]
+    volume_text = f", final volume {volume:.3f} A^3/atom" if np.isfinite(volume) else " (no volume: not periodic)"
+    print(f"mean temperature {result.temperature_K.mean():.1f} K{volume_text}")
     if result.drift_mev_per_atom_per_ps is not None:
         print(f"energy drift {result.drift_mev_per_atom_per_ps:.4f} meV/atom/ps, "
               f"max deviation {result.max_deviation_mev_per_atom:.4f} meV/atom")  # fmt: skip
@@ -262,9 +273,11 @@ def _rdf(args) -> None:
         np.savetxt(out / "angles.txt", np.column_stack([theta, p]), header="angle (deg)  density (1/deg)")
         print(f"most likely {'-'.join([args.angles[0], args.angles[1], args.angles[0]])} angle: {theta[np.argmax(p)]:.1f} deg")
     if args.coordination_cutoff:
-        histogram = analysis.coordination_numbers(frames, cutoff=args.coordination_cutoff)
+        element, neighbor = args.elements or (None, None)
+        histogram = analysis.coordination_numbers(frames, cutoff=args.coordination_cutoff, element=element, neighbor=neighbor)
         analysis.plot_coordination(histogram, out / "coordination.png")
-        print("coordination numbers: " + ", ".join(f"{n}: {f:.3f}" for n, f in sorted(histogram.items())))
+        which = f" ({neighbor} around {element})" if args.elements else ""
+        print(f"coordination numbers{which}: " + ", ".join(f"{n}: {f:.3f}" for n, f in sorted(histogram.items())))
 
 
 def _info(args) -> None:
@@ -474,7 +487,7 @@ def parser() -> argparse.ArgumentParser:
     eos.add_argument("--out", default="runs/eos")
     eos.set_defaults(func=_eos)
 
-    rel = _simulation_parser(sub, "relax", "relax positions (and cell) at one fidelity")
+    rel = _simulation_parser(sub, "relax", "relax positions (and cell) at one fidelity; exit status 3: not converged in --steps (the last structure is written)")
     rel.add_argument("--fmax", type=float, default=0.05, help="force threshold (eV/A)")
     rel.add_argument("--steps", type=int, default=500)
     rel.add_argument("--fixed-cell", action="store_true")
@@ -512,7 +525,7 @@ def parser() -> argparse.ArgumentParser:
     rdf.add_argument("trajectory")
     rdf.add_argument("--rmax", type=float, default=6.0)
     rdf.add_argument("--bins", type=int, default=200)
-    rdf.add_argument("--elements", nargs=2, help="partial g(r), e.g. O O")
+    rdf.add_argument("--elements", nargs=2, metavar=("CENTER", "NEIGHBOR"), help="partial g(r) and coordination, e.g. O H")
     rdf.add_argument("--angles", nargs=2, metavar=("NEIGHBOR", "CENTER"), help="angle distribution, e.g. O O for O-O-O")
     rdf.add_argument("--angle-cutoff", type=float, default=3.3)
     rdf.add_argument("--coordination-cutoff", type=float, help="coordination-number histogram with this cutoff (A)")

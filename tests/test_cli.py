@@ -38,7 +38,10 @@ def test_train_then_evaluate_json(tmp_path, data_file, capsys):
     assert result["n_structures"] == 4 and result["force_mae"] > 0
     assert abs(result["energy_bias_per_atom"]) <= result["energy_mae_per_atom"]
     assert main(["info", str(model)]) == 0
-    assert json.loads(capsys.readouterr().out)["fidelities"] == ["SCAN", "PBE"]
+    info = json.loads(capsys.readouterr().out)
+    assert info["fidelities"] == ["SCAN", "PBE"]
+    assert info["extra"]["training"]["max_epochs"] == 1 and info["extra"]["training"]["monitor"] == "SCAN"
+    assert info["extra"]["data"] == [str(data_file)] and info["extra"]["val_fraction"] == 0.25
     refit = tmp_path / "refit"
     assert main(["train", str(data_file), "--out", str(refit), "--epochs", "1", "--target", "SCAN", "--batch-size", "4",
                  "--val-fraction", "0.25", "--refit-references"]) == 0  # fmt: skip
@@ -155,3 +158,26 @@ def test_relax_on_an_empty_file_is_a_message(tmp_path, capsys):
     (tmp_path / "empty.extxyz").write_text("")
     assert main(["relax", str(tmp_path / "m.safetensors"), str(tmp_path / "empty.extxyz"), "--fidelity", "PBE"]) == 2
     assert "empty.extxyz: cannot read a structure" in capsys.readouterr().err
+
+
+def test_simulation_commands_say_what_they_did(tmp_path, capsys):
+    """relax that stops at --steps writes its structure and exits 3; eos refuses a molecule
+    and says when it falls back to Si; md on a cluster does not print a NaN volume."""
+    from ase.io import read
+
+    from conftest import small_potential
+    from fidelity_adapters.serialization import save_potential
+
+    model = tmp_path / "m.safetensors"
+    save_potential(small_potential(["H", "O"], ["PBE", "SCAN"]), model)
+    write(tmp_path / "dimer.extxyz", water_dimer())
+    out = tmp_path / "relaxed.extxyz"
+    assert main(["relax", str(model), str(tmp_path / "dimer.extxyz"), "--fidelity", "PBE", "--steps", "1", "--fmax", "1e-6",
+                 "--fixed-cell", "--out", str(out)]) == 3  # fmt: skip
+    assert "NOT converged in 1 steps" in capsys.readouterr().out and len(read(out)) == 6
+    assert main(["eos", str(model), "--fidelity", "PBE", "--structure", str(tmp_path / "dimer.extxyz")]) == 2
+    assert "needs a crystal periodic in all three directions" in capsys.readouterr().err
+    assert main(["md", str(model), str(tmp_path / "dimer.extxyz"), "--fidelity", "PBE", "--steps", "2", "--interval", "1",
+                 "--out", str(tmp_path / "md.extxyz")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "(no volume: not periodic)" in printed and "nan" not in printed

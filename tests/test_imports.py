@@ -56,3 +56,13 @@ def test_backbones_load_without_the_library():
     code = "import sys, backbones; print(sorted(m for m in sys.modules if m.startswith('fidelity_adapters')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_help_does_not_load_torch():
+    """`fidelity-adapters --help` answers at once: the package imports its names on first use."""
+    code = (
+        "import sys\nfrom fidelity_adapters.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"

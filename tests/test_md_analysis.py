@@ -241,6 +241,8 @@ def test_coordination_numbers():
     assert coordination_numbers([bulk("Cu", "fcc", a=3.6)] * 2, cutoff=3.0) == {12: 1.0}
     salt = bulk("NaCl", "rocksalt", a=5.64)
     assert coordination_numbers(salt, cutoff=3.0, element="Na") == {6: 1.0}
+    assert coordination_numbers(salt, cutoff=3.0, element="Na", neighbor="Cl") == {6: 1.0}
+    assert coordination_numbers(salt, cutoff=3.0, element="Na", neighbor="Na") == {0: 1.0}  # next Na at 3.99 A
     vacancy = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     del vacancy[0]  # its 12 neighbours lose one each
     assert coordination_numbers(vacancy, cutoff=3.0) == pytest.approx({11: 12 / 31, 12: 19 / 31})

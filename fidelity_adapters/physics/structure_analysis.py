@@ -97,12 +97,16 @@ def angular_distribution(
     return 0.5 * (edges[1:] + edges[:-1]), density
 
 
-def coordination_numbers(frames: Frames, cutoff: float = 2.85, element: str | None = None) -> dict[int, float]:
-    """Fraction of atoms (of `element` if given) with each number of neighbours within cutoff."""
+def coordination_numbers(
+    frames: Frames, cutoff: float = 2.85, element: str | None = None, neighbor: str | None = None
+) -> dict[int, float]:
+    """Fraction of atoms (of `element` if given) with each number of neighbours (of `neighbor`
+    if given) within cutoff."""
     numbers = []
     for atoms in _frames(frames):
-        i, _, _ = _pairs(atoms, cutoff)
-        numbers.append(np.bincount(i, minlength=len(atoms))[_mask(atoms, element)])
+        i, j, _ = _pairs(atoms, cutoff)
+        counted = _mask(atoms, neighbor)[j]
+        numbers.append(np.bincount(i[counted], minlength=len(atoms))[_mask(atoms, element)])
     numbers = np.concatenate(numbers) if numbers else np.empty(0, int)
     if len(numbers) == 0:
         raise ValueError(f"no atoms of element {element!r} in the frames")
