@@ -369,8 +369,11 @@ class Comparison:
         s = self.settings
         if not any(name in FROM_PRETRAINED for name in s.strategies):
             return ""
+        from .pretrained import entry
+
+        base = s.pretrained_base or entry(s.pretrained).fidelities[0]
         return (
-            f"Foundation model: {s.pretrained} from its level {s.pretrained_base or 'first'}; fine-tuning options "
+            f"Foundation model: {s.pretrained} from its level {base}; fine-tuning options "
             f"{s.finetune or 'defaults'}, the epochs, batch and lr above. ft-transfer (no replay) gets its epochs scaled by "
             "(1 + replay ratio) so that it takes as many optimizer steps as ft-mfi with replay; the steps column gives "
             "the optimizer steps each run took (early stopping keeps the best epoch, not the last)."
