@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from ase.build import bulk
 
 from conftest import rattled_si, small_potential, water_box, water_dimer
@@ -48,7 +49,17 @@ def test_exported_m3gnet_equals_eager(tmp_path):
 
 def test_exported_injected_e3nn_equals_eager(tmp_path):
     """The FiLM hooks run during the trace: the exported graph carries the fidelity injection
-    (MACEStyle here; NequIPStyle is injected by the same hooks)."""
+    (MACEStyle here; NequIPStyle is injected by the same hooks). In a fresh interpreter, as the
+    `export` command runs: after a nequip model has been built in a process (other tests build
+    them), torch.export specialises this model's atom and edge counts (docs/engines/export.md)."""
+    process = mp.get_context("spawn").Process(target=export_injected_e3nn, args=(tmp_path,))
+    process.start()
+    process.join()
+    assert process.exitcode == 0, "the export check failed in its own process (its traceback is above)"
+
+
+def export_injected_e3nn(tmp_path):
+    torch.set_num_threads(1)
     potential = mace_style_potential(["H", "O"], ["PBE", "SCAN"], inject=("embedding", "messages"), **TINY_E3NN).double()
     paths = {name: tmp_path / f"{name}.pt2" for name in ("PBE", "SCAN")}
     for name, path in paths.items():

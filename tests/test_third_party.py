@@ -216,6 +216,7 @@ def test_nequip_type_names_and_global_state():
     model = tiny_nequip(type_names=("hydrogen", "oxygen"))
     assert torch.get_default_dtype() == dtype and torch.equal(torch.get_rng_state(), state)
     assert np.array_equal(np.random.get_state()[1], np_state[1]) and random.getstate() == py_state
+    assert not torch._dynamo.config.capture_dynamic_output_shape_ops and not torch._dynamo.config.capture_scalar_outputs
     with pytest.raises(ValueError, match="not chemical symbols"):
         adapt(model)
     backbone = adapt(model, ["H", "O"])

@@ -35,13 +35,16 @@ NODE_FEATURES = "node_features"
 @contextmanager
 def nequip_global_state(**options):
     """nequip.utils.global_state.set_global_state() (nequip's builders require it) without its
-    side effects on the caller: the default dtype and the torch / numpy / python random
-    generators are restored afterwards. (Its jit fusion and e3nn optimisation defaults stay:
-    nequip sets them once per process.) Build nequip models inside the block."""
+    side effects on the caller: the default dtype, the torch / numpy / python random generators
+    and the two torch._dynamo flags nequip turns on (capturing dynamic-output-shape ops and scalar
+    outputs, which make a later torch.export of our models specialise the atom and edge counts)
+    are restored afterwards, and set again inside every block. (Its jit fusion setting stays:
+    nequip sets it once per process.) Build nequip models inside the block."""
     from nequip.utils.global_state import set_global_state
 
     dtype, np_state, py_state = torch.get_default_dtype(), np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
+    nequip_dynamo = dict(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True)
+    with torch.random.fork_rng(devices=[]), torch._dynamo.config.patch(**nequip_dynamo):
         try:
             set_global_state(**options)
             yield
