@@ -212,6 +212,8 @@ def test_wrap_third_party_refuses_other_models():
 
 def test_nequip_type_names_and_global_state():
     require("nequip")
+    import nequip.model  # noqa: F401  first: importing nequip's modules draws from python's generator (not ours to restore)
+
     dtype, state, np_state, py_state = torch.get_default_dtype(), torch.get_rng_state(), np.random.get_state(), random.getstate()
     model = tiny_nequip(type_names=("hydrogen", "oxygen"))
     assert torch.get_default_dtype() == dtype and torch.equal(torch.get_rng_state(), state)
