@@ -325,7 +325,7 @@ def _finetune(args) -> None:
     from .training import TrainConfig, split_indices
 
     _check_val_fraction(args.val_fraction)
-    base = args.base_fidelity or entry(args.pretrained).fidelities[0]
+    base = entry(args.pretrained).level(args.base_fidelity, what="--base-fidelity")
     structures = [s for path in args.data for s in read_structures(path, limit=args.limit, default_fidelity=args.target)]
     replay = [s for path in args.replay_data for s in read_structures(path, default_fidelity=base)]
     other = sorted({s.fidelity for s in structures} - {args.target, base})

@@ -114,7 +114,6 @@ class CompareSettings:
                 raise ValueError(f"model options {self.model} do not fit backbone {self.backbone}: {error}") from None
             freeze(probe, self.freeze)
 
-
     def _check_pretrained(self) -> None:
         """A foundation model that is missing, or options it would not take, fail here, not mid-sweep."""
         wanted = [name for name in self.strategies if name in FROM_PRETRAINED]
@@ -131,8 +130,7 @@ class CompareSettings:
         where, why = model.locate()
         if where is None:
             raise ValueError(f"pretrained {self.pretrained}: {why}")
-        if self.pretrained_base is not None and self.pretrained_base not in model.fidelities:
-            raise ValueError(f"pretrained_base {self.pretrained_base!r} is not one of {self.pretrained}'s levels {list(model.fidelities)}")
+        model.level(self.pretrained_base, what="pretrained_base")
         try:
             FinetuneConfig(**self.finetune).check()
         except TypeError as error:
@@ -371,9 +369,8 @@ class Comparison:
             return ""
         from .pretrained import entry
 
-        base = s.pretrained_base or entry(s.pretrained).fidelities[0]
         return (
-            f"Foundation model: {s.pretrained} from its level {base}; fine-tuning options "
+            f"Foundation model: {s.pretrained} from its level {entry(s.pretrained).level(s.pretrained_base)}; fine-tuning options "
             f"{s.finetune or 'defaults'}, the epochs, batch and lr above. ft-transfer (no replay) gets its epochs scaled by "
             "(1 + replay ratio) so that it takes as many optimizer steps as ft-mfi with replay; the steps column gives "
             "the optimizer steps each run took (early stopping keeps the best epoch, not the last)."

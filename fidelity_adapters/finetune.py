@@ -149,10 +149,8 @@ def finetune(
     """Fine-tune pretrained model `name` at fidelity `target` (see the module docstring)."""
     config = config or FinetuneConfig()
     config.check()
-    own = entry(name).fidelities
-    base = base_fidelity or own[0]
-    if base not in own:
-        raise ValueError(f"base fidelity {base!r} is not one of {name}'s own fidelities {list(own)}")
+    model = entry(name)
+    base = model.level(base_fidelity, what="base fidelity")
     for group, label in ((train_structures, "training"), (val_structures, "validation")):
         wrong = sorted({s.fidelity for s in group} - {target})
         if not group or wrong:
@@ -164,7 +162,7 @@ def finetune(
     elif replay_structures:
         raise ValueError(f"replay structures were given but replay={config.replay!r}; use replay='data'")
 
-    add = [] if target in own else [target]
+    add = [] if target in model.fidelities else [target]
     potential = load_pretrained(name, add=add, like=base, state_dim=config.state_dim)
     seed = config.train.seed
     n_replay = int(round(config.replay_ratio * len(train_structures)))

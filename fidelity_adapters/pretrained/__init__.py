@@ -35,6 +35,14 @@ class Pretrained:
     def library(self) -> str:
         return self.name.split(":", 1)[0]
 
+    def level(self, requested: str | None = None, what: str = "level") -> str:
+        """One of the model's own levels by name (default: its first); another name is an error
+        naming `what` was asked for."""
+        level = requested or self.fidelities[0]
+        if level not in self.fidelities:
+            raise ValueError(f"{what} {level!r} is not one of {self.name}'s own fidelities {list(self.fidelities)}")
+        return level
+
     def locate(self) -> tuple[Path | None, str]:
         """(where the weights are, None if absent; a line saying where or why not)."""
         if self.library == "matgl":
@@ -92,9 +100,7 @@ def load_pretrained(
     where, why = model.locate()
     if where is None:
         raise FileNotFoundError(f"{name}: {why}")
-    like = like or model.fidelities[0]
-    if like not in model.fidelities:
-        raise ValueError(f"{name} has fidelities {list(model.fidelities)}; a new one cannot start as {like!r}")
+    like = model.level(like, what="the level a new fidelity starts as,")
     clash = [f for f in add if f in model.fidelities]
     if clash or len(set(add)) != len(add):
         raise ValueError(f"fidelities to add must be new and distinct; {name} already has {list(model.fidelities)}, got {list(add)}")

@@ -34,11 +34,7 @@ from .task import Fitted, Task
 def _base(task: Task) -> str:
     if task.pretrained is None:
         raise ValueError("strategies that start from a foundation model need `pretrained` (a name in `fidelity-adapters pretrained`)")
-    own = entry(task.pretrained).fidelities
-    base = task.pretrained_base or own[0]
-    if base not in own:
-        raise ValueError(f"pretrained_base {base!r} is not one of {task.pretrained}'s own fidelities {list(own)}")
-    return base
+    return entry(task.pretrained).level(task.pretrained_base, what="pretrained_base")
 
 
 def _target_name(task: Task) -> str:
