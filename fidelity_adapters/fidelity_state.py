@@ -33,7 +33,7 @@ class FidelityState(nn.Module):
         self.register_buffer("elemental_energies", torch.zeros(len(fidelities), n_elements, dtype=torch.float64))
         self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
         # projector per fidelity onto the compositions its references were fitted on
-        # (references.composition_span); identity: references valid for every composition
+        # (references.ReferenceSums.spans); identity: references valid for every composition
         self.register_buffer("reference_span", torch.eye(n_elements, dtype=torch.float64).repeat(len(fidelities), 1, 1))
 
     def _apply(self, fn, recurse=True):

@@ -100,9 +100,5 @@ def fit_elemental_energies(structures: Iterable[LabelledStructure], elements: Se
     return ReferenceSums.of(structures, elements, fidelities).energies()
 
 
-def composition_span(structures: Iterable[LabelledStructure], elements: Sequence[int], fidelities: Sequence[str]) -> np.ndarray:
-    return ReferenceSums.of(structures, elements, fidelities).spans()
-
-
 def force_scale(structures: Iterable[LabelledStructure]) -> float:
     return ReferenceSums.of(structures, [], []).force_scale()

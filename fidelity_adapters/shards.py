@@ -13,10 +13,10 @@ included) opens its own read-only handle of a shard on first use, shared by ever
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -131,13 +131,10 @@ def write_shards(structures: Iterable[LabelledStructure], out_dir: str | Path, s
 
 
 _OPEN: dict[str, object] = {}  # LMDB opens a file once per process: every view of it shares the handle
-_OPEN_IN = [os.getpid()]
+os.register_at_fork(after_in_child=_OPEN.clear)  # a forked DataLoader worker opens its own: handles do not survive fork
 
 
 def _open_readonly(path: Path):
-    if _OPEN_IN[0] != os.getpid():  # a forked DataLoader worker: LMDB handles do not survive fork
-        _OPEN.clear()
-        _OPEN_IN[0] = os.getpid()
     key = str(path.resolve())
     if key not in _OPEN:
         _OPEN[key] = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False)
@@ -146,12 +143,6 @@ def _open_readonly(path: Path):
 
 def is_prepared(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
-
-
-@dataclass(frozen=True)
-class _Location:
-    shard: int
-    key: bytes
 
 
 class ShardedStructures(Sequence[LabelledStructure]):
@@ -181,28 +172,25 @@ class ShardedStructures(Sequence[LabelledStructure]):
                 raise ValueError(f"{self.path / shard['file']}: SHA-256 differs from the manifest (corrupt or changed)")
 
     def subset(self, positions: Sequence[int]) -> "ShardedStructures":
-        """A view of some of these structures, by position in this sequence."""
-        return ShardedStructures(self.path, self.indices[np.asarray(positions, dtype=np.int64)])
+        """A view of some of these structures, by position in this sequence (the manifest is
+        not read again)."""
+        view = copy.copy(self)
+        view.indices = self.indices[np.asarray(positions, dtype=np.int64)]
+        return view
 
     def __len__(self) -> int:
         return int(self.indices.size)
-
-    def _locate(self, index: int) -> _Location:
-        shard = int(np.searchsorted(self._starts, index, side="right") - 1)
-        return _Location(shard, str(index - int(self._starts[shard])).encode())
-
-    def _environment(self, shard: int):
-        return _open_readonly(self.path / self.manifest["shards"][shard]["file"])
 
     def __getitem__(self, position):
         if isinstance(position, slice):
             return self.subset(range(len(self))[position])
         index = int(self.indices[position])
-        where = self._locate(index)
-        with self._environment(where.shard).begin() as txn:
-            data = txn.get(where.key)
+        shard = int(np.searchsorted(self._starts, index, side="right") - 1)
+        file = self.manifest["shards"][shard]["file"]
+        with _open_readonly(self.path / file).begin() as txn:
+            data = txn.get(str(index - int(self._starts[shard])).encode())
         if data is None:
-            raise ValueError(f"{self.path}: structure {index} is missing from {self.manifest['shards'][where.shard]['file']}")
+            raise ValueError(f"{self.path}: structure {index} is missing from {file}")
         try:
             return decode(data)
         except (ValueError, KeyError, json.JSONDecodeError) as error:
