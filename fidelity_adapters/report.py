@@ -22,7 +22,11 @@ from matplotlib.figure import Figure
 from .serialization import atomic_write
 
 STRATEGY_ORDER = ("mfi", "single", "transfer", "delta", "multihead", "zero-shot", "ft-mfi", "ft-transfer", "ft-delta")
-OPTIONAL_METRICS = ("optimizer_steps", "base_drift_force_mae")  # reported where some run of the report has them
+OPTIONAL_COLUMNS = {  # metric: (column title, its cell in a summary row); shown where some run of the report has it
+    "optimizer_steps": ("optimizer steps", lambda row: f"{row['optimizer_steps_mean']:.0f}"),
+    "base_drift_force_mae": ("base-level drift F (meV/A)",
+                             lambda row: _milli(row["base_drift_force_mae_mean"], row["base_drift_force_mae_std"])),
+}  # fmt: skip
 REQUIRED_KEYS = ("strategy", "fraction", "seed", "sampling", "n_hifi_train", "energy_mae_per_atom", "force_mae")
 PARITY_ARRAYS = ("energy_true_per_atom", "energy_pred_per_atom", "force_true", "force_pred")
 
@@ -107,7 +111,7 @@ def summarise(records: list[dict]) -> list[dict]:
         }  # fmt: skip
         for metric in ("energy_mae_per_atom", "force_mae", "energy_bias_per_atom"):  # bias: NaN if a run lacks it
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.get(metric, np.nan) for r in runs])
-        for metric in OPTIONAL_METRICS:
+        for metric in OPTIONAL_COLUMNS:
             if any(metric in r for r in runs):
                 row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.get(metric, np.nan) for r in runs])
         rows.append(row)
@@ -225,22 +229,18 @@ def _markdown(title: str, header: str, summary: list[dict], records: list[dict],
     lines = [f"# {title}", ""]
     if header:
         lines += [header.rstrip("\n"), ""]
-    steps = any("optimizer_steps_mean" in row for row in summary)
-    drift = any("base_drift_force_mae_mean" in row for row in summary)
+    shown = [metric for metric in OPTIONAL_COLUMNS if any(f"{metric}_mean" in row for row in summary)]
     lines += [
         "| strategy | sampling | hifi fraction (%) | hifi structures | seeds | test E MAE (meV/atom) | test F MAE (meV/A) "
-        "| test E bias (meV/atom) |" + (" optimizer steps |" if steps else "") + (" base-level drift F (meV/A) |" if drift else ""),
-        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (steps + drift),
+        "| test E bias (meV/atom) |" + "".join(f" {OPTIONAL_COLUMNS[metric][0]} |" for metric in shown),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(shown),
     ]
     for row in summary:
         energy = _milli(row["energy_mae_per_atom_mean"], row["energy_mae_per_atom_std"])
         force = _milli(row["force_mae_mean"], row["force_mae_std"])
         bias = _milli(row["energy_bias_per_atom_mean"], row["energy_bias_per_atom_std"])
         n_hifi = row["n_hifi_train"] if isinstance(row["n_hifi_train"], int) else f"{row['n_hifi_train']:.1f}"
-        extra = f" {row['optimizer_steps_mean']:.0f} |" if "optimizer_steps_mean" in row else " – |" if steps else ""
-        if drift:
-            extra += " – |" if "base_drift_force_mae_mean" not in row else \
-                f" {_milli(row['base_drift_force_mae_mean'], row['base_drift_force_mae_std'])} |"
+        extra = "".join(f" {OPTIONAL_COLUMNS[m][1](row) if f'{m}_mean' in row else '–'} |" for m in shown)
         lines.append(f"| {row['strategy']} | {row['sampling']} | {_percent(row['fraction'])} | {n_hifi} "
                      f"| {row['n_seeds']} | {energy} | {force} | {bias} |{extra}")  # fmt: skip
     lines += [
