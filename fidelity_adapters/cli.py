@@ -51,7 +51,7 @@ def _label(args) -> int:
 def _train(args) -> None:
     from dataclasses import asdict
 
-    from .data import fidelities_of, read_structures
+    from .data import fidelities_of
     from .distributed import world
     from .recipes import m3gnet_potential
     from .serialization import save_potential
@@ -65,9 +65,7 @@ def _train(args) -> None:
                              "--limit or --data-fidelity to `prepare` instead")  # fmt: skip
         structures = ShardedStructures(args.data[0])
     else:
-        structures = []
-        for path in args.data:
-            structures.extend(read_structures(path, default_fidelity=args.data_fidelity, every=args.every, limit=args.limit))
+        structures = list(_frames(args))
     if not structures:
         raise ValueError("no structures in the given data files")
     found = fidelities_of(structures)
@@ -103,16 +101,21 @@ def _train(args) -> None:
     print(f"best epoch {result.best_epoch}, validation loss {result.best_val_loss:.5g}; model: {Path(args.out) / 'model.safetensors'}")
 
 
-def _prepare(args) -> None:
+def _frames(args):
+    """The frames of the extxyz files args.data, one at a time, as --data-fidelity, --every and --limit say."""
     import itertools
 
     from .data import iter_structures
-    from .shards import write_shards
 
-    frames = itertools.chain.from_iterable(
+    return itertools.chain.from_iterable(
         iter_structures(path, default_fidelity=args.data_fidelity, every=args.every, limit=args.limit) for path in args.data
     )
-    out = write_shards(frames, args.out, shard_size=args.shard_size, sources=args.data)
+
+
+def _prepare(args) -> None:
+    from .shards import write_shards
+
+    out = write_shards(_frames(args), args.out, shard_size=args.shard_size, sources=args.data)
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"{manifest['n_structures']} structures ({manifest['fidelities']}) in {len(manifest['shards'])} shards: {out}")
 
@@ -391,6 +394,13 @@ def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, parents=[THREADS])
 
 
+def _frame_options(command: argparse.ArgumentParser) -> None:
+    """How a command that reads extxyz files picks their frames (`_frames`)."""
+    command.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
+    command.add_argument("--every", type=int, default=1, help="keep every n-th frame of each file")
+    command.add_argument("--limit", type=int, help="at most this many frames from each file")
+
+
 def _simulation_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A command that runs a saved model on one structure at one (required) fidelity."""
     command = _command(sub, name, help)
@@ -415,9 +425,7 @@ def parser() -> argparse.ArgumentParser:
     prep = _command(sub, "prepare", help="write extxyz files as on-disk shards that `train` streams (memory flat in the data size)")
     prep.add_argument("data", nargs="+", help="extxyz files (plain or .gz), read one frame at a time")
     prep.add_argument("--out", required=True, help="new directory for the shards and their manifest.json")
-    prep.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
-    prep.add_argument("--every", type=int, default=1, help="keep every n-th frame of each file")
-    prep.add_argument("--limit", type=int, help="at most this many frames from each file")
+    _frame_options(prep)
     prep.add_argument("--shard-size", type=int, default=10000, help="structures per shard file")
     prep.set_defaults(func=_prepare)
 
@@ -426,9 +434,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output directory (checkpoint, best model; resumes if present)")
     tr.add_argument("--fidelities", nargs="+", help="fidelity names in model order (default: as found in the data)")
     tr.add_argument("--target", help="fidelity whose validation loss picks the best epoch")
-    tr.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
-    tr.add_argument("--every", type=int, default=1, help="keep every n-th frame of each file")
-    tr.add_argument("--limit", type=int, help="at most this many frames from each file")
+    _frame_options(tr)
     tr.add_argument("--epochs", type=int, default=100)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--batch-size", type=int, default=16)
