@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from table_output import publish
 
 CONFIGURATIONS = [  # name, processes, torch threads per process
     ("1 process, 1 thread", 1, 1),
@@ -48,6 +49,7 @@ def run(data: Path, out: Path, processes: int, threads: int, epochs: int) -> tup
 
 def main(argv=None) -> None:
     from fidelity_adapters.bundled import rattled_water_clusters
+    from fidelity_adapters.compare import cpu_model
     from fidelity_adapters.shards import write_shards
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,7 +67,7 @@ def main(argv=None) -> None:
             print(rows[-1], flush=True)
     lines = [
         f"`fidelity-adapters train` on {args.structures} rattled water clusters (shards), {args.epochs} epochs, batch 16, "
-        f"{os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}. "
+        f"{os.cpu_count()} cores ({cpu_model()}), {time.strftime('%Y-%m-%d')}. "
         f"Command: `python benchmarks/data_parallel.py --structures {args.structures} --epochs {args.epochs}`.",
         "",
         "| run | wall time (s) | training structures/s | vs 1 process, 1 thread | last validation loss |",
@@ -73,10 +75,7 @@ def main(argv=None) -> None:
     ]
     for name, seconds, rate, loss in rows:
         lines.append(f"| {name} | {seconds:.1f} | {rate:.0f} | {rate / rows[0][2]:.2f}x | {loss:.6g} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

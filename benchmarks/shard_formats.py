@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from table_output import publish
+
 from fidelity_adapters.bundled import rattled_water_clusters
+from fidelity_adapters.compare import cpu_model
 from fidelity_adapters.data import read_structures, write_structures
 from fidelity_adapters.shards import ShardedStructures, decode, encode, write_shards
 
@@ -79,9 +81,8 @@ def main(argv=None) -> None:
         seconds = timed(lambda: write_structures(structures, tmp / "frames.extxyz"))
         parse = timed(lambda: read_structures(tmp / "frames.extxyz"))
         rows.append(("extxyz (ase, parsed whole)", seconds, size_mb(tmp / "frames.extxyz"), parse, float("nan")))
-    cpu = platform.processor() or platform.machine()
     lines = [
-        f"{n} rattled water clusters (9 atoms on average), one process, {os.cpu_count()} cores ({cpu}), torch threads 1, "
+        f"{n} rattled water clusters (9 atoms on average), one process, {os.cpu_count()} cores ({cpu_model()}), torch threads 1, "
         f"{time.strftime('%Y-%m-%d')}. Command: `python benchmarks/shard_formats.py --structures {n}`.",
         "",
         "| container | write (s) | size (MB) | read in order (us/structure) | read shuffled (us/structure) | shuffled vs LMDB |",
@@ -92,10 +93,7 @@ def main(argv=None) -> None:
         ratio = "-" if not np.isfinite(shuffled_s) else f"{shuffled_s / reference:.2f}x"
         shuffled_text = "-" if not np.isfinite(shuffled_s) else f"{1e6 * shuffled_s / n:.0f}"
         lines.append(f"| {name} | {write_s:.2f} | {mb:.1f} | {1e6 * ordered / n:.0f} | {shuffled_text} | {ratio} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from table_output import publish
 
 
 CHILD = r"""
@@ -68,6 +69,7 @@ def run_child(path: Path, mode: str, workers: int) -> dict:
 
 def main(argv=None) -> None:
     from fidelity_adapters.bundled import rattled_water_clusters
+    from fidelity_adapters.compare import cpu_model
     from fidelity_adapters.shards import write_shards
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
                 print(n, mode, json.dumps(result), flush=True)
     lines = [
         f"One epoch of the default M3GNet (batch 16, 1 torch thread, {args.workers} DataLoader workers for shards) on rattled "
-        f"water clusters (9 atoms on average), 5 % validation; {os.cpu_count()} cores ({platform.machine()}), "
+        f"water clusters (9 atoms on average), 5 % validation; {os.cpu_count()} cores ({cpu_model()}), "
         f"{time.strftime('%Y-%m-%d')}. Command: `python benchmarks/streamed_training.py "
         f"--sizes {' '.join(map(str, args.sizes))} --in-memory-up-to {args.in_memory_up_to}`.",
         "",
@@ -104,10 +106,7 @@ def main(argv=None) -> None:
         where = "on-disk shards, streamed" if mode == "shards" else "in memory (graphs built up front)"
         lines.append(f"| {n} | {where} | {prepared:.1f} | {r['maxrss_mb']:.0f} | {r['anon_mb']:.0f} / {r['file_mb']:.0f} "
                      f"| {r['seconds']:.1f} | {r['n_train'] / r['seconds']:.0f} |")  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
