@@ -4,7 +4,10 @@ A saved potential is one safetensors file: the weights and buffers (elemental re
 energies and scale included) plus JSON metadata naming the backbone class, its constructor
 arguments, the elements, the fidelities and, for a backbone without a global state, where
 and how wide the fidelity is injected. Loading rebuilds the model from that metadata, so the
-fidelity names and the fidelity input travel with the model.
+fidelity names and the fidelity input travel with the model. A wrapped third-party model is
+described by its library, the library's version, the model's class or builder and its
+constructor config in plain JSON (third_party/base.py), a SevenNet one by the recipe that
+loads it from the sevenn wheel; both are rebuilt with the installed library.
 
 A model file is checked before it is used: SHA-256 digests of its tensors and of its metadata
 (written beside them) must match, so flipped bytes or edited metadata are an error instead of
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,11 +33,15 @@ from backbones import BACKBONES
 
 from .low_rank import has_low_rank_updates, merged_state_dict
 from .potential import Potential, wrap
+from .third_party import rebuild_backbone
+from .third_party.base import installed_version, require_library
 
 FORMAT_VERSION = 2  # 2: SHA-256 digests of tensors and metadata; 1 (no digests) still loads, with a warning
 DIGESTS_KEY = "fidelity_adapters_sha256"
 MAX_CUTOFF = 15.0  # Angstrom
 MAX_SIZE = 4096  # any width, count of blocks, basis functions, heads in a backbone's config
+CUTOFFS = ("cutoff", "three_body_cutoff", "r_max")  # keys of cutoffs in backbone configs (r_max: mace's and nequip's name)
+NOT_SIZES = ("seed",)  # integers in backbone configs that are not sizes: a random seed may be any number
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -58,6 +66,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 
 SEVENN = "SevennBackbone"  # saved as the recipe that rebuilds it from the sevenn wheel's checkpoint
+THIRD_PARTY = {"MaceBackbone": "mace", "NequipBackbone": "nequip"}  # saved as ThirdPartyBackbone.saved_config
 
 
 def metadata_of(potential: Potential) -> dict:
@@ -66,7 +75,9 @@ def metadata_of(potential: Potential) -> dict:
     if name == SEVENN:
         if backbone.recipe is None:
             raise ValueError("a SevenNet backbone made outside load_sevenn has no recipe to rebuild it from and cannot be saved")
-        config = {"sevenn": backbone.recipe}
+        config = {"sevenn": backbone.recipe, "library": "sevenn", "version": installed_version("sevenn")}
+    elif name in THIRD_PARTY:
+        config = backbone.saved_config()
     elif name in BACKBONES:
         config = backbone.config
     else:
@@ -127,22 +138,50 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def check_metadata(meta: dict, path) -> None:
     """Sane values before a model is built from them: known backbone, elements, unique
-    fidelity names, a cutoff in (0, MAX_CUTOFF], every integer size in [0, MAX_SIZE]."""
-    if meta.get("backbone") not in (*BACKBONES, SEVENN):
-        raise ValueError(f"{path}: unknown backbone {meta.get('backbone')!r}; known: {sorted(BACKBONES) + [SEVENN]}")
+    fidelity names, every cutoff in (0, MAX_CUTOFF], every integer size in [0, MAX_SIZE]."""
+    known = [*BACKBONES, SEVENN, *THIRD_PARTY]
+    if meta.get("backbone") not in known:
+        raise ValueError(f"{path}: unknown backbone {meta.get('backbone')!r}; known: {known}")
     elements, fidelities = meta.get("elements"), meta.get("fidelities")
     if not elements or not all(isinstance(z, int) and 1 <= z <= 118 for z in elements):
         raise ValueError(f"{path}: elements {elements} are not atomic numbers")
     if not fidelities or len(set(fidelities)) != len(fidelities) or not all(isinstance(f, str) and f for f in fidelities):
         raise ValueError(f"{path}: fidelities {fidelities} must be unique, non-empty names")
     config = meta.get("backbone_config", {})
-    for key in ("cutoff", "three_body_cutoff"):
-        if key in config and not 0 < float(config[key]) <= MAX_CUTOFF:
-            raise ValueError(f"{path}: {key} {config[key]} A is outside (0, {MAX_CUTOFF}]")
-    for key, value in config.items():
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_SIZE for v in values):
-            raise ValueError(f"{path}: {key} = {value} is outside [0, {MAX_SIZE}]")
+    if meta["backbone"] in THIRD_PARTY:
+        _check_third_party(config, THIRD_PARTY[meta["backbone"]], path)
+    _check_numbers(config, path, "backbone_config")
+
+
+def _check_third_party(config: dict, library: str, path) -> None:
+    """The fields ThirdPartyBackbone.saved_config writes, of the right kinds, for the right library."""
+    if config.get("library") != library:
+        raise ValueError(f"{path}: backbone_config.library is {config.get('library')!r}, not {library!r}")
+    for key, kind in (("version", str), ("model", str), ("config", dict), ("options", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ValueError(f"{path}: backbone_config.{key} is missing or not a {kind.__name__}")
+
+
+def _check_numbers(value, path, key: str) -> None:
+    """Cutoffs in (0, MAX_CUTOFF] and integers in [0, MAX_SIZE] at any depth: a third-party
+    model's constructor config nests its sizes in lists and dicts (and mace's irreps strings
+    hold multiplicities and l's), and a size there allocates as much as one at the top."""
+    name = key.rpartition(".")[2]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, path, f"{key}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            _check_numbers(v, path, key)
+    elif name in NOT_SIZES:
+        return
+    elif name in CUTOFFS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_CUTOFF:
+            raise ValueError(f"{path}: {key} {value} A is outside (0, {MAX_CUTOFF}]")
+    elif isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_SIZE:
+        raise ValueError(f"{path}: {key} = {value} is outside [0, {MAX_SIZE}]")
+    elif name == "irreps" and isinstance(value, str) and any(int(n) > MAX_SIZE for n in re.findall(r"\d+", value)):
+        raise ValueError(f"{path}: {key} {value!r} has a multiplicity or l outside [0, {MAX_SIZE}]")
 
 
 def load_potential(path: str | os.PathLike, device: str | torch.device = "cpu") -> Potential:
@@ -153,14 +192,19 @@ def load_potential(path: str | os.PathLike, device: str | torch.device = "cpu") 
         warnings.warn(f"{path}: saved without SHA-256 digests (format 1); its weights cannot be verified. Save it again to add them.")
     check_metadata(meta, path)
     dtype = getattr(torch, meta["dtype"])
+    config = meta["backbone_config"]
     if meta["backbone"] == SEVENN:
+        require_library("sevenn", config.get("version"), path)  # files saved before versions were recorded have none
         from .third_party.sevenn import rebuild_sevenn
 
-        potential = rebuild_sevenn(meta["backbone_config"]["sevenn"]).to(dtype)
+        potential = rebuild_sevenn(config["sevenn"]).to(dtype)
     else:
         injection = meta.get("injection")
         options = {"inject": injection["places"], "inject_dim": injection["dim"]} if injection else {}
-        backbone = BACKBONES[meta["backbone"]](**meta["backbone_config"]).to(dtype)
+        if meta["backbone"] in THIRD_PARTY:
+            backbone = rebuild_backbone(config, dtype, path).to(dtype)
+        else:
+            backbone = BACKBONES[meta["backbone"]](**config).to(dtype)
         # every tensor in the saved dtype, so float64 weights are not rounded through float32 ones
         potential = wrap(backbone, meta["fidelities"], meta["elements"], **options).to(dtype)
     if potential.fidelities != meta["fidelities"]:

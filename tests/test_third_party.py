@@ -2,14 +2,20 @@
 MACE / ScaleShiftMACE and nequip's NequIPGNNModel. The wrapped single-fidelity model gives the
 model's own energy, forces and stress (its own neighbour list and autograd, periodic or not);
 with two fidelities the FiLM injected by hooks keeps E(3) equivariance, changes the energy and
-gets gradients; a few epochs on bundled clusters lower the loss. The mace tests need the
-[mace] extra (e3nn 0.4.4: its own environment), the nequip tests the [nequip] one."""
+gets gradients; a few epochs on bundled clusters lower the loss. Saved and loaded (weights
+plus the library, its version, the model's class or builder and its config as JSON), a
+potential comes back bit for bit; edited class, function or builder names are refused,
+another library version warns, a missing library is named with its pip extra, a nequip model
+built without build_nequip is refused. The mace tests need the [mace] extra (e3nn 0.4.4: its
+own environment), the nequip tests the [nequip] one."""
 
 import importlib
 import os
 import random
 import subprocess
 import sys
+import warnings
+from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -18,9 +24,11 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from conftest import water_dimer
-from fidelity_adapters import TrainConfig, save_potential, train, wrap
+from fidelity_adapters import TrainConfig, load_potential, save_potential, train, wrap
 from fidelity_adapters.bundled import water_clusters
+from fidelity_adapters.serialization import check_metadata, read_metadata
 from fidelity_adapters.third_party import adapt, wrap_third_party
+from test_serialization import _rewrite
 
 E0 = {"H": -13.6, "O": -2041.8}  # large per-element offsets, as in trained models
 
@@ -58,17 +66,15 @@ def tiny_mace(cls_name="ScaleShiftMACE", dtype=torch.float64):
 
 
 def tiny_nequip(dtype="float64", type_names=("H", "O")):
+    """Built through build_nequip (nequip_global_state, and a recipe that makes it saveable)."""
     require("nequip")
-    from nequip.model import NequIPGNNModel
+    from fidelity_adapters.third_party import build_nequip
 
-    from fidelity_adapters.third_party import nequip_global_state
-
-    with nequip_global_state():
-        return NequIPGNNModel(
-            seed=0, model_dtype=dtype, type_names=list(type_names), r_max=4.0, num_layers=2, l_max=1, parity=True,
-            num_features=8, radial_mlp_depth=1, radial_mlp_width=8, avg_num_neighbors=4.0, per_type_energy_scales=1.2,
-            per_type_energy_shifts=dict(zip(type_names, E0.values())),
-        )  # fmt: skip
+    return build_nequip(
+        "NequIPGNNModel", seed=0, model_dtype=dtype, type_names=list(type_names), r_max=4.0, num_layers=2, l_max=1,
+        parity=True, num_features=8, radial_mlp_depth=1, radial_mlp_width=8, avg_num_neighbors=4.0,
+        per_type_energy_scales=1.2, per_type_energy_shifts=dict(zip(type_names, E0.values())),
+    )  # fmt: skip
 
 
 MODELS = {"mace": tiny_mace, "mace-plain": lambda: tiny_mace("MACE"), "nequip": tiny_nequip}
@@ -181,7 +187,7 @@ def test_training_loss_falls(name):
 
 
 @pytest.mark.parametrize("name", ["mace", "nequip"])
-def test_explicit_adapter_errors_and_no_save(name, tmp_path, monkeypatch):
+def test_explicit_adapter_errors(name, monkeypatch):
     model = MODELS[name]()
     backbone = adapt(model)
     assert adapt(backbone) is backbone and backbone.config["n_elements"] == 2
@@ -196,11 +202,6 @@ def test_explicit_adapter_errors_and_no_save(name, tmp_path, monkeypatch):
     monkeypatch.setattr(type(other), "injection_sites", lambda self: {"messages": [], "readout": []})
     with pytest.raises(ValueError, match=r"has no 'messages' injection site; it offers \[\]"):
         wrap(other, ["PBE", "SCAN"], ["H", "O"])
-    with pytest.raises(ValueError, match="not in backbones.BACKBONES and cannot be saved"):
-        save_potential(potential, tmp_path / "m.safetensors")
-    assert not (tmp_path / "m.safetensors").exists()
-    with pytest.raises(ValueError, match="cannot be saved"):  # before the first epoch, not after it
-        train(potential, [], [], TrainConfig(max_epochs=1), out_dir=tmp_path / "run")
     with pytest.raises(TypeError, match="needs its adapter"):
         wrap(MODELS[name](), ["PBE", "SCAN"], ["H", "O"])
 
@@ -236,3 +237,188 @@ def test_our_packages_import_first_under_e3nn_0_4_4():
     for module in ("fidelity_adapters", "backbones"):
         run = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)
         assert run.returncode == 0, f"import {module} under e3nn 0.4.4 failed:\n{run.stderr[-2000:]}"
+
+
+# --- saving and loading -------------------------------------------------------------------
+
+INJECT = ("embedding", "messages", "readout")
+PIP_NAME = {"mace": "mace-torch", "nequip": "nequip"}
+
+
+def trained_potential(name: str, fidelities=("PBE", "SCAN")):
+    """A wrapped model whose every weight and a reference row moved, as after training, so
+    that freshly built defaults cannot pass for the saved values."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        options = dict(inject=INJECT, inject_dim=8) if len(fidelities) > 1 else {}
+        potential = wrap_third_party(MODELS[name](), list(fidelities), **options)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in potential.parameters():
+            parameter.add_(1e-3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+        potential.fidelity_state.elemental_energies[-1] += 0.25
+    return potential.eval()
+
+
+def predictions(potential, fidelity):
+    out = potential(potential.graph(periodic_water(), fidelity), forces=True, stress=True)
+    return {key: value.detach() for key, value in out.items()}
+
+
+@pytest.fixture
+def saved(request, tmp_path):
+    """(potential, path of its saved file) for the model named by the test's parameter."""
+    potential = trained_potential(request.param)
+    path = tmp_path / "model.safetensors"
+    save_potential(potential, path)
+    return potential, path
+
+
+@pytest.mark.parametrize(
+    "name, fidelities", [("mace-plain", ("PBE", "SCAN")), ("mace", ("PBE",)), ("nequip", ("PBE", "SCAN")), ("nequip", ("PBE",))]
+)
+def test_round_trip_is_bit_for_bit(name, fidelities, tmp_path):
+    """With a FiLM at every place (two fidelities) and without one (one fidelity)."""
+    potential = trained_potential(name, fidelities)
+    path = tmp_path / "model.safetensors"
+    save_potential(potential, path)
+    config = read_metadata(path)["backbone_config"]
+    model_name = {"mace-plain": "MACE", "mace": "ScaleShiftMACE", "nequip": "NequIPGNNModel"}[name]
+    lib = name.split("-")[0]  # mace-plain: mace
+    assert (config["library"], config["version"], config["model"]) == (lib, version(PIP_NAME[lib]), model_name)
+    assert config["options"] == ({"head": "Default"} if lib == "mace" else {"elements": [1, 8]})
+
+    loaded = load_potential(path).eval()
+    assert type(loaded.backbone.model) is type(potential.backbone.model) and loaded.fidelities == list(fidelities)
+    assert (loaded.injector is None) == (len(fidelities) == 1)
+    saved_state, loaded_state = potential.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert [k for k in saved_state if not torch.equal(saved_state[k], loaded_state[k])] == []
+    for fidelity in fidelities:
+        want, got = predictions(potential, fidelity), predictions(loaded, fidelity)
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), fidelity
+
+
+def _set(config: dict, key: str, value):
+    """Edit a (nested) model config entry in place: key "config.gate" etc."""
+    *parents, last = key.split(".")
+    for parent in parents:
+        config = config[parent]
+    config[last] = value
+
+
+@pytest.mark.parametrize("saved", ["mace"], indirect=True)
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("config.interaction_cls", {"class": "os.system"}, r"config.interaction_cls: class 'os.system' is not from mace.modules"),
+        ("config.readout_cls", {"class": "mace.modules.blocks.NoSuchBlock"}, r"config.readout_cls: mace has no class"),
+        ("config.readout_cls", {"class": "mace.modules.torch"}, r"readout_cls: 'mace.modules.torch' is not a mace module class"),
+        ("config.readout_cls", {"class": "mace.modules.utils.compute_forces"}, r"'mace.modules.utils.compute_forces' is not a mace"),
+        ("config.gate", {"function": "torch.load"}, r"config.gate: function 'torch.load' is not one of"),
+        ("config.gate", {"function": "builtins.eval"}, r"config.gate: function 'builtins.eval' is not one of"),
+        ("config.gate", {"code": "print"}, r"config.gate: unknown tag 'code'"),
+        ("model", "MACELES", r"backbone_config.model 'MACELES' is not one of \['MACE', 'ScaleShiftMACE'\]"),
+    ],
+)  # fmt: skip
+def test_edited_mace_names_are_refused(saved, key, value, message, tmp_path):
+    _, path = saved
+    edited = tmp_path / "edited.safetensors"
+    _rewrite(path, edited, lambda meta: _set(meta["backbone_config"], key, value))  # a consistent hand-made file
+    with pytest.raises(ValueError, match=message):
+        load_potential(edited)
+
+
+@pytest.mark.parametrize("saved", ["nequip"], indirect=True)
+def test_edited_nequip_builder_is_refused(saved, tmp_path):
+    _, path = saved
+    _rewrite(path, tmp_path / "edited.safetensors", lambda meta: _set(meta["backbone_config"], "model", "ModelFromCheckpoint"))
+    with pytest.raises(ValueError, match=r"edited.safetensors: backbone_config.model 'ModelFromCheckpoint' is not one of"):
+        load_potential(tmp_path / "edited.safetensors")
+
+
+@pytest.mark.parametrize("saved", ["mace", "nequip"], indirect=True)
+def test_another_library_version_warns_and_loads(saved, tmp_path):
+    potential, path = saved
+    lib = read_metadata(path)["backbone_config"]["library"]
+    _rewrite(path, tmp_path / "old.safetensors", lambda meta: _set(meta["backbone_config"], "version", "0.0.1"))
+    installed = version(PIP_NAME[lib]).replace(".", r"\.")
+    with pytest.warns(UserWarning, match=rf"saved with {PIP_NAME[lib]} 0\.0\.1, and {installed} is installed"):
+        loaded = load_potential(tmp_path / "old.safetensors")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in potential.state_dict().items())
+
+
+@pytest.mark.parametrize("saved", ["mace", "nequip"], indirect=True)
+def test_missing_library_is_named_with_its_extra(saved, monkeypatch):
+    _, path = saved
+    lib = read_metadata(path)["backbone_config"]["library"]
+    monkeypatch.setitem(sys.modules, lib, None)  # `import mace` / `import nequip` now fails
+    with pytest.raises(ImportError, match=rf"is a {PIP_NAME[lib]} model.*pip install 'fidelity-adapters\[{lib}\]'"):
+        load_potential(path)
+
+
+@pytest.mark.parametrize("saved", ["mace", "nequip"], indirect=True)
+def test_sizes_deep_in_the_config_are_checked(saved):
+    """check_metadata applies the size and cutoff limits inside nested third-party configs
+    (mace's irreps strings included); a nequip seed is not a size."""
+    _, path = saved
+    meta = read_metadata(path)
+    lib = meta["backbone_config"]["library"]
+    edits = [("config.r_max", 1e6, r"backbone_config.config.r_max 1000000.0 A is outside"),
+             ("options.elements", [1, 10**6], r"backbone_config.options.elements = 1000000 is outside \[0, 4096\]"),
+             ("library", "sevenn", r"backbone_config.library is 'sevenn', not '" + lib + "'"),
+             ("config", None, r"backbone_config.config is missing or not a dict")]  # fmt: skip
+    if lib == "mace":
+        edits.append(("config.hidden_irreps", {"irreps": "100000x0e"}, r"config.hidden_irreps.irreps '100000x0e' has a multiplicity"))
+    else:
+        edits.append(("config.num_layers", 10**6, r"backbone_config.config.num_layers = 1000000 is outside"))
+    for key, value, message in edits:
+        edited = read_metadata(path)
+        _set(edited["backbone_config"], key, value)
+        with pytest.raises(ValueError, match=message):
+            check_metadata(edited, "m.safetensors")
+    if lib == "nequip":
+        _set(meta["backbone_config"], "config.seed", 2**40)
+        check_metadata(meta, "m.safetensors")
+
+
+def test_nequip_model_without_a_recipe_is_refused(tmp_path):
+    require("nequip")
+    from nequip.model import NequIPGNNModel
+
+    from fidelity_adapters.third_party import build_nequip, nequip_global_state
+
+    with nequip_global_state():
+        model = NequIPGNNModel(seed=0, model_dtype="float64", type_names=["H", "O"], r_max=4.0, num_layers=1, num_features=4,
+                               avg_num_neighbors=4.0)
+    with torch.random.fork_rng(devices=[]):
+        potential = wrap_third_party(model, ["PBE", "SCAN"])
+    with pytest.raises(ValueError, match=r"cannot be saved: build it with fidelity_adapters.third_party.build_nequip\("):
+        save_potential(potential, tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+    with pytest.raises(ValueError, match="cannot be saved"):  # before the first epoch, not after it
+        train(potential, [], [], TrainConfig(max_epochs=1), out_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"pair_potential=Identity\(\) is not plain JSON"):
+        build_nequip("NequIPGNNModel", seed=0, model_dtype="float64", type_names=["H"], r_max=4.0, pair_potential=torch.nn.Identity())
+    with pytest.raises(ValueError, match=r"unknown nequip builder 'ModelFromCheckpoint'"):
+        build_nequip("ModelFromCheckpoint", checkpoint_path="model.ckpt")
+
+
+def test_sevenn_file_records_its_version(tmp_path):
+    """A SevenNet potential is saved as its load_sevenn recipe, now with sevenn's version:
+    another version warns; a file from before versions were recorded loads silently."""
+    pytest.importorskip("sevenn")
+    from fidelity_adapters.third_party import load_sevenn
+
+    path = tmp_path / "m.safetensors"
+    save_potential(load_sevenn("7net-0"), path)
+    config = read_metadata(path)["backbone_config"]
+    assert (config["library"], config["version"]) == ("sevenn", version("sevenn"))
+    _rewrite(path, tmp_path / "other.safetensors", lambda meta: _set(meta["backbone_config"], "version", "0.0.1"))
+    with pytest.warns(UserWarning, match=r"saved with sevenn 0\.0\.1"):
+        load_potential(tmp_path / "other.safetensors")
+    _rewrite(path, tmp_path / "older.safetensors", lambda meta: meta.update(backbone_config={"sevenn": config["sevenn"]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", "No tensor product accelerator")  # sevenn's own, on CPU
+        assert load_potential(tmp_path / "older.safetensors").fidelities == ["PBE"]

@@ -7,7 +7,9 @@ hooks (FidelityInjector, a FiLM on 0e channels) at the places they offer.
     potential = wrap(MaceBackbone(mace_model), ["PBE", "SCAN"], ["H", "O"])     # the same, explicitly
 
 mace-torch (e3nn 0.4.4) and nequip (e3nn >= 0.6) cannot share an environment; importing this
-package imports neither. See docs/third_party.md for versions and limits.
+package imports neither. save_potential writes a wrapped mace model, or a nequip model built
+by build_nequip, as its library, version, class or builder and constructor config (JSON).
+See docs/third_party.md for versions and limits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from torch import nn
 
 from ..potential import Potential, library_of, wrap
 
-__all__ = ["MaceBackbone", "NequipBackbone", "SevennBackbone", "adapt", "load_sevenn", "nequip_global_state", "wrap_third_party"]
+__all__ = [
+    "MaceBackbone", "NequipBackbone", "SevennBackbone", "adapt", "build_nequip", "load_sevenn", "nequip_global_state", "wrap_third_party",
+]  # fmt: skip
 
 
 def __getattr__(name):  # lazy: `import fidelity_adapters.third_party` must not need mace or nequip
@@ -27,7 +31,7 @@ def __getattr__(name):  # lazy: `import fidelity_adapters.third_party` must not 
         from .mace import MaceBackbone
 
         return MaceBackbone
-    if name in ("NequipBackbone", "nequip_global_state"):
+    if name in ("NequipBackbone", "build_nequip", "nequip_global_state"):
         from . import nequip
 
         return getattr(nequip, name)
@@ -83,3 +87,16 @@ def wrap_third_party(
     table = np.broadcast_to(np.atleast_2d(backbone.reference_energies()), (len(potential.fidelities), len(backbone.elements)))
     potential.fidelity_state.set_references(table.copy(), float(potential.fidelity_state.scale))
     return potential
+
+
+def rebuild_backbone(saved: dict, dtype, path) -> nn.Module:
+    """The adapter over a model built from `saved` (ThirdPartyBackbone.saved_config), with
+    fresh weights; the saved ones are loaded into it afterwards."""
+    from .base import require_library
+
+    require_library(saved["library"], saved["version"], path)
+    if saved["library"] == "mace":
+        from .mace import rebuild_mace as rebuild
+    else:
+        from .nequip import rebuild_nequip as rebuild
+    return rebuild(saved, dtype, path)

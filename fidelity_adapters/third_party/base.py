@@ -1,8 +1,14 @@
 """What the mace and nequip adapters share: elements and their order, the backbone attributes
-our Potential reads, and the reference-energy hand-over."""
+our Potential reads, the reference-energy hand-over, and saving: a model is saved as its
+library, the library's version, the model's class or builder and its constructor config in
+plain JSON (`saved_config`), and rebuilt from that with the installed library
+(`rebuild_backbone`); serialization.py stores the weights beside it."""
 
 from __future__ import annotations
 
+import importlib
+import warnings
+from importlib.metadata import version
 from typing import Sequence
 
 import numpy as np
@@ -11,6 +17,8 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from ..potential import _atomic_numbers
+
+DISTRIBUTIONS = {"mace": "mace-torch", "nequip": "nequip", "sevenn": "sevenn"}  # import name -> pip name (= our extra's name)
 
 
 class ThirdPartyBackbone(nn.Module):
@@ -40,6 +48,7 @@ class ThirdPartyBackbone(nn.Module):
         self.cutoff = float(cutoff)
         self.register_buffer("model_index", torch.tensor([model_elements.index(z) for z in self.elements]), persistent=False)
         self.config = {"n_elements": len(self.elements), "elements": self.elements, "library": self.library}
+        self.options: dict = {}  # the adapter's own arguments (mace: head), saved to rebuild it
 
     @staticmethod
     def _no_state(state) -> None:
@@ -50,5 +59,34 @@ class ThirdPartyBackbone(nn.Module):
         """The model's own per-element energy offsets (eV) in our element order, float64."""
         raise NotImplementedError
 
+    def model_config(self) -> tuple[str, dict]:
+        """(the model's class or builder name, its constructor arguments in plain JSON)."""
+        raise ValueError(f"{type(self).__name__} cannot be saved by its constructor config")
+
+    def saved_config(self) -> dict:
+        """What save_potential writes as the backbone's config; `rebuild_backbone` reads it."""
+        model, config = self.model_config()
+        return {"library": self.library, "version": installed_version(self.library), "model": model, "config": config,
+                "options": self.options}  # fmt: skip
+
     def extra_repr(self) -> str:
         return f"elements={[chemical_symbols[z] for z in self.elements]}, cutoff={self.cutoff}"
+
+
+def installed_version(library: str) -> str:
+    return version(DISTRIBUTIONS[library])
+
+
+def require_library(library: str, saved_version: str | None, path) -> None:
+    """The library a saved model needs, importable, else an ImportError saying how to install
+    it; a version other than the saved one is a warning: the model is rebuilt with the
+    installed one, and load_potential checks that the weights fit it."""
+    try:
+        importlib.import_module(library)
+    except ImportError as error:
+        raise ImportError(f"{path} is a {DISTRIBUTIONS[library]} model, and {DISTRIBUTIONS[library]} cannot be imported "
+                          f"({error}): pip install 'fidelity-adapters[{library}]' (docs/third_party.md)") from None  # fmt: skip
+    installed = installed_version(library)
+    if saved_version is not None and saved_version != installed:
+        warnings.warn(f"{path} was saved with {DISTRIBUTIONS[library]} {saved_version}, and {installed} is installed: "
+                      "the model is rebuilt with the installed version")  # fmt: skip

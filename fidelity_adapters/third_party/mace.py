@@ -12,10 +12,18 @@ would be one E0 for every fidelity and multiplied by our energy scale. ScaleShif
 and shift stay in the network part. Injection sites: "embedding" (node_embedding),
 "messages" (the output of every products[i], the features the next interaction and the
 readouts see), "readout" (each readout's input).
+
+Saving: the model's constructor config is mace's own `extract_config_mace_model` written as
+plain JSON (`_encode`: irreps as strings, classes and functions as qualified names, arrays
+and tensors as lists), and read back through an allow-list (`_decode`: classes from mace.modules,
+functions from torch.nn.functional or torch's compiled ops), so a hand-edited file cannot
+make loading import or call anything else.
 """
 
 from __future__ import annotations
 
+import importlib
+import types
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +34,9 @@ from torch.nn import functional as F
 from backbones.injection_sites import InjectionSite
 
 from .base import ThirdPartyBackbone
+
+MODEL_CLASSES = ("MACE", "ScaleShiftMACE")  # the mace.modules classes the adapter is tested with, rebuilt by name
+FUNCTION_MODULES = {"torch.nn.functional": F, "torch": torch}  # where a config's functions (gate) may come from
 
 
 class MaceBackbone(ThirdPartyBackbone):
@@ -40,7 +51,7 @@ class MaceBackbone(ThirdPartyBackbone):
         if head is not None and head not in heads:
             raise ValueError(f"{type(model).__name__} has heads {heads}, not {head!r}")
         self.head = heads.index(head) if head is not None else 0
-        self.config["head"] = heads[self.head]
+        self.config["head"] = self.options["head"] = heads[self.head]
         self._in_call = False
         model.atomic_energies_fn.register_forward_hook(_ZeroE0(self))
 
@@ -74,6 +85,22 @@ class MaceBackbone(ThirdPartyBackbone):
             self._in_call = False
         return out["node_energy"]
 
+    def model_config(self) -> tuple[str, dict]:
+        """The class name and mace's extract_config_mace_model of the model, as plain JSON."""
+        from mace import modules
+        from mace.tools.scripts_utils import extract_config_mace_model
+
+        name = type(self.model).__name__
+        if name not in MODEL_CLASSES or type(self.model) is not getattr(modules, name):
+            raise ValueError(f"a {type(self.model).__module__}.{name} cannot be saved: only mace.modules' "
+                             f"{' and '.join(MODEL_CLASSES)} are rebuilt from their config")  # fmt: skip
+        if name == "MACE":
+            config = extract_config_mace_model(_SeenAsScaleShiftMACE(self.model))
+            del config["atomic_inter_scale"], config["atomic_inter_shift"]
+        else:
+            config = extract_config_mace_model(self.model)
+        return name, {key: _encode(value, key) for key, value in config.items()}
+
     def injection_sites(self) -> dict:
         model = self.model
         products = list(model.products)
@@ -96,3 +123,116 @@ class _ZeroE0:
 
     def __call__(self, module, args, output):
         return torch.zeros_like(output) if self.backbone._in_call else output
+
+
+class _SeenAsScaleShiftMACE:
+    """A plain MACE as mace's extract_config_mace_model takes it: that function accepts
+    ScaleShiftMACE (by class name) and reads nothing of the subclass but `scale_shift`, so every
+    other attribute is the MACE's own; the identity scale and shift it reports are dropped."""
+
+    def __init__(self, model: nn.Module):
+        self._mace = model
+        self.scale_shift = types.SimpleNamespace(scale=torch.ones(()), shift=torch.zeros(()))
+
+    def __getattr__(self, name: str):
+        return getattr(self._mace, name)
+
+
+_SeenAsScaleShiftMACE.__name__ = "ScaleShiftMACE"
+
+
+def _encode(value, key: str):
+    """A value of mace's model config as JSON. Every dict is tagged ("irreps", "class",
+    "function", or "dict" for a plain one), so decoding is unambiguous; a class or function
+    must resolve back to itself through `_decode`'s allow-list."""
+    from e3nn import o3
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, o3.Irreps):  # before tuple: Irreps is one
+        return {"irreps": str(value)}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, key) for v in value]
+    if isinstance(value, dict):
+        return {"dict": {str(k): _encode(v, f"{key}.{k}") for k, v in value.items()}}
+    if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):  # E0s, scale, shift, atomic numbers: mace takes lists too
+        return value.tolist()
+    if isinstance(value, type):
+        encoded = {"class": f"{value.__module__}.{value.__qualname__}"}
+    elif callable(value):
+        name = getattr(value, "__name__", "?")
+        encoded = {"function": f"{'torch.nn.functional' if getattr(F, name, None) is value else 'torch'}.{name}"}
+    else:
+        raise ValueError(f"mace config {key}: a {type(value).__name__} cannot be saved as JSON")
+    if _decode(encoded, key) is not value:
+        raise ValueError(f"mace config {key}: {value!r} is not reachable as {encoded} and cannot be saved by name")
+    return encoded
+
+
+def _decode(value, key: str):
+    """The config value `_encode` wrote. Classes only from mace.modules (torch modules),
+    functions only from torch.nn.functional or torch's compiled ops (not torch.load, say), so a
+    hand-edited file cannot name other code: anything else is a ValueError naming the key."""
+    from e3nn import o3
+
+    if isinstance(value, list):
+        return [_decode(v, key) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1:
+        raise ValueError(f"{key}: {sorted(value)} is not an encoded value")
+    ((tag, content),) = value.items()
+    if tag not in ("dict", "irreps", "class", "function"):
+        raise ValueError(f"{key}: unknown tag {tag!r}")
+    if not isinstance(content, dict if tag == "dict" else str):
+        raise ValueError(f"{key}: {tag} {content!r} is not a {'dict' if tag == 'dict' else 'name'}")
+    if tag == "dict":
+        return {k: _decode(v, f"{key}.{k}") for k, v in content.items()}
+    if tag == "irreps":
+        return o3.Irreps(content)
+    if tag == "class":
+        return _mace_class(content, key)
+    return _torch_function(content, key)
+
+
+def _mace_class(name: str, key: str) -> type:
+    module, _, attribute = name.rpartition(".")
+    if module != "mace.modules" and not module.startswith("mace.modules."):
+        raise ValueError(f"{key}: class {name!r} is not from mace.modules")
+    try:
+        found = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{key}: mace has no class {name!r}") from None
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ValueError(f"{key}: {name!r} is not a mace module class")
+    return found
+
+
+def _torch_function(name: str, key: str):
+    module, _, attribute = name.rpartition(".")
+    found = None
+    if module in FUNCTION_MODULES and not attribute.startswith("_"):
+        found = getattr(FUNCTION_MODULES[module], attribute, None)
+    if module == "torch" and not isinstance(found, types.BuiltinFunctionType):  # torch's Python functions include torch.load
+        found = None
+    if found is None or isinstance(found, type) or not callable(found):
+        raise ValueError(f"{key}: function {name!r} is not one of torch.nn.functional's or torch's compiled ops")
+    return found
+
+
+def rebuild_mace(saved: dict, dtype: torch.dtype, path) -> MaceBackbone:
+    """The adapter over a new model of the saved class and config (ThirdPartyBackbone.saved_config)."""
+    from mace import modules
+
+    name = saved["model"]
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"{path}: backbone_config.model {name!r} is not one of {list(MODEL_CLASSES)}")
+    config = {key: _decode(value, f"{path}: backbone_config.config.{key}") for key, value in saved["config"].items()}
+    default = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):  # initial weights, replaced by the saved ones: the caller's generator is left alone
+        torch.set_default_dtype(dtype)  # mace builds in the default dtype
+        try:
+            model = getattr(modules, name)(**config)
+        finally:
+            torch.set_default_dtype(default)
+    return MaceBackbone(model, head=saved["options"].get("head"))

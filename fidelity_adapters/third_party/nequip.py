@@ -12,10 +12,16 @@ element] stands for. Per-type scales stay in the network part. Injection sites: 
 (type_embed's node_features), "messages" (each ConvNetLayer's node_features), "readout" (the
 node_features entering per_atom_energy_readout). Models without ConvNetLayers (Allegro, say)
 offer no "messages" site.
+
+Saving: a built nequip model keeps only its dtype, type names and cutoff, not its builder's
+arguments, so it cannot be rebuilt from itself. `build_nequip` builds one and keeps the
+builder's name and arguments (plain JSON) on it; the adapter saves those and
+`rebuild_nequip` calls the builder again. A model built otherwise is refused by save_potential.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from contextlib import contextmanager
 from typing import Sequence
@@ -30,6 +36,8 @@ from backbones.injection_sites import InjectionSite
 from .base import ThirdPartyBackbone
 
 NODE_FEATURES = "node_features"
+BUILDERS = ("NequIPGNNModel", "PresetNequIPGNNModel", "FullNequIPGNNModel")  # nequip.model's GNN builders
+RECIPE = "fidelity_adapters_recipe"  # build_nequip's record on the model: {"builder": name, "kwargs": {...}}
 
 
 @contextmanager
@@ -52,6 +60,27 @@ def nequip_global_state(**options):
             torch.set_default_dtype(dtype)
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+def build_nequip(builder: str, **kwargs) -> nn.Module:
+    """nequip.model.<builder>(**kwargs), built inside nequip_global_state, with the builder's
+    name and arguments kept on the model so that a potential wrapped around it can be saved.
+    The arguments must be plain JSON (numbers, strings, lists, dicts): a pair_potential
+    module, say, could not be written to the file."""
+    import nequip.model
+
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown nequip builder {builder!r}; known: {list(BUILDERS)}")
+    for key, value in kwargs.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"nequip builder argument {key}={value!r} is not plain JSON: "
+                             "a model built with it could not be saved") from None  # fmt: skip
+    with nequip_global_state():
+        model = getattr(nequip.model, builder)(**kwargs)
+    setattr(model, RECIPE, {"builder": builder, "kwargs": json.loads(json.dumps(kwargs))})
+    return model
 
 
 def _energy_network(model: nn.Module) -> nn.Module:
@@ -84,6 +113,8 @@ class NequipBackbone(ThirdPartyBackbone):
             raise ValueError(f"element(s) given for type names that are other elements' symbols: {clashes}")
         super().__init__(model, model_elements, None, float(network.edge_norm.r_max))
         self.type_names = type_names
+        self.options["elements"] = model_elements
+        self.recipe: dict | None = getattr(model, RECIPE, None)  # set by build_nequip: what a saved model is rebuilt from
 
     @property
     def network(self) -> nn.Module:
@@ -122,6 +153,13 @@ class NequipBackbone(ThirdPartyBackbone):
         shifts = self._shifts()
         return energy if shifts is None else energy - shifts.to(energy.dtype)[types]
 
+    def model_config(self) -> tuple[str, dict]:
+        if self.recipe is None:
+            raise ValueError("this nequip model does not record how it was built, so it cannot be saved: build it with "
+                             "fidelity_adapters.third_party.build_nequip('NequIPGNNModel', seed=..., ...) instead of "
+                             "calling nequip's builder directly")  # fmt: skip
+        return self.recipe["builder"], self.recipe["kwargs"]
+
     def injection_sites(self) -> dict:
         from nequip.nn import ConvNetLayer
 
@@ -134,3 +172,12 @@ class NequipBackbone(ThirdPartyBackbone):
             "messages": [InjectionSite(m, m.irreps_out[NODE_FEATURES], key=NODE_FEATURES) for m in layers],
             "readout": [InjectionSite(readout, readout.irreps_in[NODE_FEATURES], on_input=True, index=0, key=NODE_FEATURES)],
         }
+
+
+def rebuild_nequip(saved: dict, dtype: torch.dtype, path) -> NequipBackbone:
+    """The adapter over a new model from the saved builder and arguments
+    (ThirdPartyBackbone.saved_config); `dtype` is already among them (model_dtype)."""
+    if saved["model"] not in BUILDERS:
+        raise ValueError(f"{path}: backbone_config.model {saved['model']!r} is not one of nequip's builders {list(BUILDERS)}")
+    model = build_nequip(saved["model"], **saved["config"])
+    return NequipBackbone(model, elements=saved["options"].get("elements"))

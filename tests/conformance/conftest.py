@@ -149,18 +149,16 @@ def mace_torch() -> Potential:
 
 
 def nequip() -> Potential:
-    """A tiny nequip NequIPGNNModel in float64 (as tests/test_third_party.py builds it)."""
+    """A tiny nequip NequIPGNNModel in float64 (as tests/test_third_party.py builds it; through
+    build_nequip, so that it can be saved)."""
     pytest.importorskip("nequip")
-    from nequip.model import NequIPGNNModel
+    from fidelity_adapters.third_party import build_nequip, wrap_third_party
 
-    from fidelity_adapters.third_party import nequip_global_state, wrap_third_party
-
-    with nequip_global_state():
-        model = NequIPGNNModel(
-            seed=0, model_dtype="float64", type_names=list(ELEMENTS), r_max=4.0, num_layers=2, l_max=1, parity=True,
-            num_features=8, radial_mlp_depth=1, radial_mlp_width=8, avg_num_neighbors=4.0, per_type_energy_scales=1.2,
-            per_type_energy_shifts=dict(E0),
-        )  # fmt: skip
+    model = build_nequip(
+        "NequIPGNNModel", seed=0, model_dtype="float64", type_names=list(ELEMENTS), r_max=4.0, num_layers=2, l_max=1,
+        parity=True, num_features=8, radial_mlp_depth=1, radial_mlp_width=8, avg_num_neighbors=4.0,
+        per_type_energy_scales=1.2, per_type_energy_shifts=dict(E0),
+    )  # fmt: skip
     return _seeded(lambda: wrap_third_party(model, FIDELITIES, inject=INJECT, inject_dim=8))
 
 
@@ -169,12 +167,6 @@ NEQUIP_DTYPE = (
     "dtype as a plain attribute), so Module.to(float32) on a float64 model fails with 'expected m1 and m2 to "
     "have the same dtype' in nequip/nn/mlp.py: build it with model_dtype='float32' instead"
 )
-
-THIRD_PARTY_UNSAVEABLE = (
-    "wrapped third-party models are not rebuilt by name: save_potential refuses them "
-    "(docs/third_party.md, 'No save/load by name'; keep the model's own file and a state_dict)"
-)
-
 
 # --- pretrained models ----------------------------------------------------------------------
 
@@ -227,8 +219,8 @@ BACKBONES = [
     Backbone("M3GNet", m3gnet, FLOAT64),
     Backbone("MACEStyle", mace_style, FLOAT64),
     Backbone("NequIPStyle", nequip_style, FLOAT64),
-    Backbone("mace-torch", mace_torch, FLOAT64, saveable=THIRD_PARTY_UNSAVEABLE),
-    Backbone("nequip", nequip, FLOAT64, saveable=THIRD_PARTY_UNSAVEABLE, limitations={"float32_and_float64": NEQUIP_DTYPE}),
+    Backbone("mace-torch", mace_torch, FLOAT64),
+    Backbone("nequip", nequip, FLOAT64, limitations={"float32_and_float64": NEQUIP_DTYPE}),
     Backbone("SevenNet-MF-0", sevenn_mf0, FLOAT32, limitations={"rotations[improper]": SEVENN_NO_PARITY}),
     Backbone("M3GNet-MatPES-PBE", matgl_m3gnet, FLOAT64, starts_equal=True, open_fidelity=open_state_columns),
 ]
