@@ -1,5 +1,5 @@
 """Command line: `fidelity-adapters demo | prepare | train | evaluate | compare | info | eos | relax | md | rdf | label |
-pretrained | finetune | export | lammps`, each with --threads."""
+pretrained | finetune | export | lammps-plugin | lammps`, each with --threads."""
 
 from __future__ import annotations
 
@@ -236,9 +236,17 @@ def _export(args) -> None:
     from .export import export_potential
     from .serialization import load_potential
 
-    metadata = export_potential(load_potential(args.model), args.fidelity, args.out)
-    print(f"exported {args.model} at fidelity {metadata['fidelity']} ({metadata['backbone']}, elements "
-          f"{metadata['elements']}, cutoff {metadata['cutoff']} A) to {args.out}")  # fmt: skip
+    metadata = export_potential(load_potential(args.model), args.fidelity, args.out, format=args.format)
+    print(f"exported {args.model} at fidelity {metadata['fidelity']} as {args.format} ({metadata['backbone']}, "
+          f"elements {metadata['elements']}, cutoff {metadata['cutoff']} A) to {args.out}")  # fmt: skip
+
+
+def _lammps_plugin(args) -> None:
+    from .engines.lammps_plugin import STYLE, build_plugin
+
+    library = build_plugin(args.out).resolve()
+    print(f"built {library}\nin a LAMMPS input (units metal, serial), with a model exported with --format aotinductor:\n"
+          f"  plugin load {library}\n  pair_style {STYLE} model.pt2 FIDELITY\n  pair_coeff * * ELEMENT_OF_TYPE_1 ...")
 
 
 def _lammps(args) -> int:
@@ -513,11 +521,18 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--out", default="md.extxyz", help="trajectory (extxyz)")
     md.set_defaults(func=_md)
 
-    exp = _command(sub, "export", help="write a saved model at one fidelity as a torch.export program (.pt2) that needs torch only")
+    exp = _command(sub, "export", help="write a saved model at one fidelity as a .pt2 file that needs torch only")
     exp.add_argument("model")
     exp.add_argument("--fidelity", required=True)
     exp.add_argument("--out", required=True, help="output file (.pt2)")
+    exp.add_argument("--format", default="export", choices=["export", "aotinductor"],
+                     help="export: a torch.export program (Python); aotinductor: compiled C++ (LAMMPS pair style "
+                          "fidelity/aoti, libtorch), about a minute to compile")  # fmt: skip
     exp.set_defaults(func=_export)
+
+    plug = _command(sub, "lammps-plugin", help="compile the LAMMPS pair style fidelity/aoti for this LAMMPS and torch")
+    plug.add_argument("--out", help="folder for the plugin library (default: ~/.cache/fidelity_adapters/lammps_plugin)")
+    plug.set_defaults(func=_lammps_plugin)
 
     lmp = _command(sub, "lammps", help="run a LAMMPS input file (units metal, serial) with a saved model at one fidelity")
     lmp.add_argument("model")

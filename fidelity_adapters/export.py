@@ -1,6 +1,8 @@
-"""Export a potential at one named fidelity as a self-contained artefact: a torch.export
-program (`.pt2`) that needs torch only, not this package, with its fidelity, elements, cutoff
-and units in its metadata.
+"""Export a potential at one named fidelity as a self-contained artefact that needs torch only,
+not this package, with its fidelity, elements, cutoff and units in its metadata: a torch.export
+program (format "export", run by torch in Python), or that program compiled by AOTInductor
+(format "aotinductor": a `.pt2` package of C++ kernels that libtorch runs without Python, which
+is what the LAMMPS pair style `fidelity/aoti` loads).
 
 torch.export cannot trace `torch.autograd.grad`, and forces and virial are the energy's
 gradient. So `make_fx` first traces the whole computation, backward pass included, into one
@@ -19,10 +21,12 @@ Outputs: energy () eV, forces (N, 3) eV/A, virial (3, 3) eV = -dE/dstrain (stres
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -90,38 +94,83 @@ def graph_inputs(graph) -> tuple:
     return (graph.pos, graph.cell.reshape(3, 3), graph.species, graph.edge_index, graph.edge_shift)
 
 
-def export_potential(potential, fidelity: str, path: str | Path) -> dict:
-    """Write `potential` at `fidelity` as a torch.export program; returns its metadata."""
-    from torch.export import Dim
-    from torch.fx.experimental.proxy_tensor import make_fx
+FORMATS = ("export", "aotinductor")
 
-    module = FixedFidelityPotential(potential, fidelity)
-    example = _example_inputs(potential)
-    traced = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
-    atoms, edges = Dim("atoms", min=1), Dim("edges", min=1)
-    program = torch.export.export(
-        traced, example, dynamic_shapes=({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}), strict=False
-    )
+
+def export_potential(potential, fidelity: str, path: str | Path, format: str = "export") -> dict:
+    """Write `potential` at `fidelity` as a torch.export program or an AOTInductor package;
+    returns its metadata."""
+    if format not in FORMATS:
+        raise ValueError(f"export format {format!r} is not one of {FORMATS}")
+    program = exported_program(potential, fidelity)
     metadata = {
         "format": FORMAT, "fidelity": fidelity, "model_fidelities": list(potential.fidelities),
         "elements": [chemical_symbols[z] for z in potential.elements], "cutoff": float(potential.backbone.cutoff),
         "units": UNITS, "dtype": str(potential.dtype).removeprefix("torch."), "backbone": type(potential.backbone).__name__,
         "inputs": ["positions", "cell", "species", "edge_index", "edge_shift"], "outputs": ["energy", "forces", "virial"],
+        "artefact": format,
     }  # fmt: skip
+    if format == "aotinductor":
+        package = compile_aotinductor(program, metadata)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(package))
+        return metadata
     buffer = io.BytesIO()  # (torch.export.save warns about a temporary file name that does not end in .pt2)
     torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(metadata)})
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     return metadata
 
 
+def exported_program(potential, fidelity: str):
+    """The torch.export program of `potential` at `fidelity`, atom and edge counts dynamic."""
+    from torch.export import Dim
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    module = FixedFidelityPotential(potential, fidelity)
+    example = _example_inputs(potential)
+    # a backbone whose library fixes sizes in a trace offers a context that avoids it (sevenn)
+    with getattr(potential.backbone, "export_context", contextlib.nullcontext)():
+        traced = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+    atoms, edges = Dim("atoms", min=1), Dim("edges", min=1)
+    return torch.export.export(
+        traced, example, dynamic_shapes=({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}), strict=False
+    )
+
+
+def compile_aotinductor(program, metadata: dict) -> bytes:
+    """The AOTInductor package of `program` (bytes), with the metadata a C++ host reads: the
+    whole JSON, and the fidelity, the element symbols (space-separated) and the cutoff on
+    their own.
+
+    Compiled with torch's deterministic algorithms on: Inductor then calls ATen for every
+    scatter-add (message passing's sums over neighbours) instead of generating its own loops.
+    Without it (torch 2.13, CPU) the generated code read a sum over atoms before the scatter
+    into those atoms had run, giving energies wrong by about 2e-3 eV/atom, and with buffer
+    reuse on it crashed; the deterministic build agrees with the eager model to 1e-15."""
+    aoti_metadata = {
+        METADATA_FILE: json.dumps(metadata), "fidelity": metadata["fidelity"],
+        "elements": " ".join(metadata["elements"]), "cutoff": repr(metadata["cutoff"]),
+    }  # fmt: skip
+    deterministic, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            package = Path(folder) / "model.pt2"
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(package), inductor_configs={"aot_inductor.metadata": aoti_metadata}
+            )
+            return package.read_bytes()
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 class ExportedPotential:
     """A loaded export at the fidelity it was exported at; called with the graph tensors."""
 
     def __init__(self, path: str | Path, fidelity: str):
-        extra = {METADATA_FILE: ""}
         try:
-            self.program = torch.export.load(os.fspath(path), extra_files=extra)
-            self.metadata = json.loads(extra[METADATA_FILE])
+            with zipfile.ZipFile(path) as archive:
+                compiled = any("/data/aotinductor/" in name for name in archive.namelist())
+            self.module, self.metadata = _load_compiled(path) if compiled else _load_program(path)
         except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: not a readable exported potential ({type(error).__name__}: {error})") from None
         if self.metadata.get("format") != FORMAT:
@@ -132,11 +181,21 @@ class ExportedPotential:
                 f"(export one file per fidelity; the model knows {self.metadata['model_fidelities']})"
             )
         self.fidelity = fidelity
-        self.module = self.program.module()
         self.elements = [atomic_numbers[e] for e in self.metadata["elements"]]
 
     def __call__(self, *inputs):
         return self.module(*inputs)
+
+
+def _load_program(path) -> tuple:
+    extra = {METADATA_FILE: ""}
+    program = torch.export.load(os.fspath(path), extra_files=extra)
+    return program.module(), json.loads(extra[METADATA_FILE])
+
+
+def _load_compiled(path) -> tuple:
+    compiled = torch._inductor.aoti_load_package(os.fspath(path))
+    return compiled, json.loads(compiled.get_metadata()[METADATA_FILE])
 
 
 class ExportedCalculator(Calculator):

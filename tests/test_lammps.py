@@ -64,19 +64,30 @@ def test_fidelity_reaches_lammps(water_potential):
 def test_lammps_nve_follows_ase_velocity_verlet(water_potential):
     """Twenty velocity-Verlet steps from rest: LAMMPS's fix nve and ASE's VelocityVerlet with
     the same potential end at the same positions, and the total energy is conserved."""
+    atoms = rattled_water_box()
+    lmp, driver, prism = lammps_engine.lammps_from_atoms(atoms, water_potential, "SCAN")
+    nve_follows_velocity_verlet(lmp, prism, driver.run, atoms, water_potential)
+    assert driver.calls == 1 + 1 + 20  # run 0; then run 20: its setup and 20 steps
+
+
+def rattled_water_box():
     atoms = water_box(True, seed=1)
     atoms.positions += np.random.default_rng(2).normal(scale=0.05, size=atoms.positions.shape)
-    lmp, driver, prism = lammps_engine.lammps_from_atoms(atoms, water_potential, "SCAN")
-    driver.run("timestep 0.0005", "fix integrate all nve", "compute unwrapped all property/atom xu yu zu", "run 0")
+    return atoms
+
+
+def nve_follows_velocity_verlet(lmp, prism, run, atoms, potential, setup=()):
+    """Twenty steps of fix nve (0.5 fs, from rest) in `lmp` end where ASE's VelocityVerlet with
+    `potential` at SCAN ends, to 1e-6 A, with the total energy conserved to 1e-4 eV/atom."""
+    run(*setup, "timestep 0.0005", "fix integrate all nve", "compute unwrapped all property/atom xu yu zu", "run 0")
     start, start_positions = lmp.get_thermo("etotal"), unwrapped_positions(lmp, len(atoms))
-    driver.run("run 20")
+    run("run 20")
     moved = prism.vector_to_ase(unwrapped_positions(lmp, len(atoms)) - start_positions)
     reference = atoms.copy()
-    reference.calc = FidelityCalculator(water_potential, "SCAN")
+    reference.calc = FidelityCalculator(potential, "SCAN")
     VelocityVerlet(reference, timestep=0.5 * units.fs).run(20)
     np.testing.assert_allclose(moved, reference.positions - atoms.positions, atol=1e-6)
     assert abs(lmp.get_thermo("etotal") - start) / len(atoms) < 1e-4
-    assert driver.calls == 1 + 1 + 20  # run 0; then run 20: its setup and 20 steps
 
 
 def test_lammps_input_errors(water_potential, tmp_path):

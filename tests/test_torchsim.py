@@ -41,6 +41,25 @@ def test_batch_equals_ase_calculator_per_system(si_fe_potential):
         np.testing.assert_allclose(out["stress"][k].numpy(), atoms.get_stress(voigt=False), atol=1e-9)
 
 
+def test_cpu_groups_of_atoms_change_only_the_calls(si_fe_potential):
+    """max_atoms_per_call splits the batch into consecutive groups (a larger system alone):
+    the network is called once per group, and energies, forces and stresses are those of the
+    whole batch at once, in TorchSim's order."""
+    systems = [rattled_si(), rattled_si(repeat=2, seed=1), rattled_si(seed=2), bulk("Fe", "bcc", a=2.87).repeat((2, 1, 1))]
+    state = ts.io.atoms_to_state(systems, torch.device("cpu"), torch.float64)
+    calls = []
+    hook = si_fe_potential.register_forward_hook(lambda module, args, out: calls.append(int(args[0].num_graphs)))
+    try:
+        outputs = {limit: TorchSimModel(si_fe_potential, "PBE", max_atoms_per_call=limit)(state) for limit in (None, 4)}
+    finally:
+        hook.remove()
+    assert calls == [4, 1, 1, 2]  # all at once; then [2 atoms], [16 atoms], [2 + 2 atoms]
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(outputs[4][key], outputs[None][key], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="max_atoms_per_call must be a positive number"):
+        TorchSimModel(si_fe_potential, "PBE", max_atoms_per_call=0)
+
+
 def test_fidelity_is_named_and_matters(si_fe_potential):
     state = ts.io.atoms_to_state([rattled_si()], torch.device("cpu"), torch.float64)
     energies = [float(TorchSimModel(si_fe_potential, name)(state)["energy"][0]) for name in ("PBE", "r2SCAN")]

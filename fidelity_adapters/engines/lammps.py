@@ -137,9 +137,18 @@ class LammpsDriver:
 
 
 def lammps_from_atoms(atoms: Atoms, potential, fidelity: str, fix_id: str = "fidelity", screen: bool = False) -> tuple:
-    """A serial LAMMPS instance holding `atoms` (types in order of the elements present; the
-    cell rotated into LAMMPS's orientation, ASE's Prism) with the potential installed.
-    Returns (lmp, driver, prism); prism.vector_to_ase rotates LAMMPS vectors back."""
+    """A serial LAMMPS instance holding `atoms` (lammps_with_atoms) with the potential installed
+    through fix external. Returns (lmp, driver, prism); prism.vector_to_ase rotates LAMMPS
+    vectors back."""
+    lmp, elements, prism = lammps_with_atoms(atoms, screen)
+    return lmp, LammpsDriver(lmp, potential, fidelity, elements, fix_id), prism
+
+
+def lammps_with_atoms(atoms: Atoms, screen: bool = False) -> tuple:
+    """A serial LAMMPS instance (units metal) holding `atoms`, with `pair_style zero` until a
+    potential is installed: atom types in order of the elements present, the cell rotated
+    into LAMMPS's orientation (ASE's Prism), a molecule centred in a box with a margin.
+    Returns (lmp, elements of the types, prism)."""
     from ase.calculators.lammps import Prism
 
     lmp = new_lammps(screen)
@@ -159,7 +168,7 @@ def lammps_from_atoms(atoms: Atoms, potential, fidelity: str, fix_id: str = "fid
     ])  # fmt: skip
     types = [elements.index(chemical_symbols[z]) + 1 for z in atoms.numbers]
     lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types, positions.ravel().tolist())
-    return lmp, LammpsDriver(lmp, potential, fidelity, elements, fix_id), prism
+    return lmp, elements, prism
 
 
 def _enclosing_box(positions: np.ndarray, margin: float = 10.0) -> np.ndarray:

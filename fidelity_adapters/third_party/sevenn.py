@@ -37,6 +37,7 @@ adapters ("embedding": after onehot_to_feature_x; "messages": after every equiva
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -162,8 +163,30 @@ class SevennBackbone(ThirdPartyBackbone):
             sites["readout"] = [InjectionSite(readout, irreps, on_input=True, index=0, key=readout.key_input)]
         return sites
 
+    @staticmethod
+    @contextmanager
+    def export_context():
+        """While a potential is traced for export: sevenn's `message_gather` sizes its output
+        with len(node_features), a Python int that fixes the atom count in the trace (and
+        torch.export then refuses a dynamic count); an equivalent that keeps the count
+        symbolic replaces it, and the original is put back afterwards."""
+        from sevenn.nn import convolution
+
+        original = convolution.message_gather
+        convolution.message_gather = _gather_messages
+        try:
+            yield
+        finally:
+            convolution.message_gather = original
+
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", modals={self.modals}" if self.modals else "")
+
+
+def _gather_messages(node_features: torch.Tensor, edge_dst: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
+    """Each atom's sum of the messages of its edges (sevenn's message_gather, sized by shape)."""
+    out = message.new_zeros((node_features.shape[0], *message.shape[1:]))
+    return out.index_add(0, edge_dst, message)
 
 
 def _rescale_module(model: nn.Module) -> nn.Module | None:
