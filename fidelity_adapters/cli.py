@@ -85,7 +85,7 @@ def _train(args) -> None:
     else:
         train_set, val_set = [structures[k] for k in train_ids], [structures[k] for k in val_ids]
     elements = sorted({int(z) for s in structures for z in np.unique(s.numbers)})
-    potential = m3gnet_potential(elements, fidelities, seed=args.seed)
+    potential = m3gnet_potential(elements, fidelities, seed=args.seed).to(_device(args.device))
     print(potential.describe())
     config = TrainConfig(
         max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, force_weight=args.force_weight,
@@ -125,7 +125,7 @@ def _evaluate(args) -> None:
     from .evaluation import errors
     from .serialization import load_potential
 
-    potential = load_potential(args.model)
+    potential = load_potential(args.model, device=_device(args.device))
     structures = read_structures(args.data, default_fidelity=args.data_fidelity)
     result = errors(potential, structures, args.fidelity)
     if args.json:
@@ -158,7 +158,28 @@ def _compare(args) -> None:
 def _calculator(args, fidelity: str):
     from .calculator import FidelityCalculator
 
-    return FidelityCalculator.from_file(args.model, fidelity)
+    return FidelityCalculator.from_file(args.model, fidelity, device=_device(args.device))
+
+
+def _device(name: str):
+    """--device: cpu, cuda or cuda:N (under torchrun, cuda is the rank's GPU, LOCAL_RANK), as
+    a torch.device; CUDA asked for where there is none is an error, not a fall-back to the CPU."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: give cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: give cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+            raise ValueError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}, built {built})")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)  # the rank's GPU for NCCL
+    return device
 
 
 def _read_structure(path: str):
@@ -402,6 +423,10 @@ def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, parents=[THREADS])
 
 
+def _device_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (neighbour lists stay on the CPU)")
+
+
 def _frame_options(command: argparse.ArgumentParser) -> None:
     """How a command that reads extxyz files picks their frames (`_frames`)."""
     command.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
@@ -415,6 +440,7 @@ def _simulation_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     command.add_argument("model")
     command.add_argument("structure")
     command.add_argument("--fidelity", required=True)
+    _device_option(command)
     return command
 
 
@@ -456,6 +482,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--sampling-ratios", nargs="+", type=_named_value, metavar="FIDELITY=SHARE",
                     help="each fidelity's share of an epoch's draws, e.g. PBE=1 SCAN=1 (default: as many as it has)")
     tr.add_argument("--sampling-temperature", type=float, help="or shares proportional to n_fidelity^(1/T) (T=1: proportional)")
+    _device_option(tr)
     tr.set_defaults(func=_train)
 
     ev = _command(sub, "evaluate", help="energy and force MAE of a saved model at one fidelity")
@@ -464,6 +491,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--fidelity", required=True)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
+    _device_option(ev)
     ev.set_defaults(func=_evaluate)
 
     cmp = _command(sub, "compare", help="mfi vs single / transfer / delta / multihead (and from a foundation model) over hifi fractions and seeds")
@@ -497,6 +525,7 @@ def parser() -> argparse.ArgumentParser:
     eos.add_argument("--polymorphs", nargs="+", default=["diamond", "beta-Sn", "fcc", "sh"])
     eos.add_argument("--points", type=int, default=11)
     eos.add_argument("--range", nargs=2, type=float, default=[0.85, 1.15], help="relative volume range")
+    _device_option(eos)
     eos.add_argument("--reference", help="JSON {structure: [E0 eV/atom, V0 A^3/atom, B GPa]} to compare with")
     eos.add_argument("--out", default="runs/eos")
     eos.set_defaults(func=_eos)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
@@ -59,6 +60,34 @@ def test_errors_are_messages(tmp_path, data_file, capsys):
     assert "--target 'r2SCAN'" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "none.safetensors"), str(data_file), "--fidelity", "PBE"]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+def test_device_without_cuda_is_an_error(tmp_path, data_file, capsys):
+    """--device cuda where there is none stops with a message; it never falls back to the CPU."""
+    assert main(["train", str(data_file), "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["evaluate", str(tmp_path / "m.safetensors"), str(data_file), "--fidelity", "PBE", "--device", "tpu"]) == 2
+    assert "--device 'tpu': give cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_and_evaluate_on_cuda_equal_cpu(tmp_path, data_file, capsys):
+    """The same one-epoch training on the GPU and on the CPU: the same model to float64
+    rounding (a different summation order), and evaluate --device cuda gives its errors."""
+    from fidelity_adapters.serialization import load_potential
+
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        assert main(["train", str(data_file), "--out", str(out), "--epochs", "1", "--batch-size", "4", "--device", device]) == 0
+        runs[device] = load_potential(out / "model.safetensors").state_dict()
+    for key, value in runs["cpu"].items():
+        torch.testing.assert_close(runs["cuda"][key], value, rtol=1e-6, atol=1e-8, msg=key)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "cuda" / "model.safetensors"), str(data_file), "--fidelity", "SCAN", "--json", "--device", "cuda"]) == 0
+    assert json.loads(capsys.readouterr().out)["force_mae"] > 0
 
 
 @pytest.mark.parametrize(
