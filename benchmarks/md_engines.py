@@ -234,7 +234,7 @@ def nve_block(system, potential, fidelity, picoseconds, compiled, timestep_fs) -
         f"## LAMMPS NVE energy conservation (compiled pair style): {system.get_chemical_formula()}, {len(system)} atoms, "
         f"{picoseconds:g} ps ({steps} steps of {timestep_fs:g} fs) from 300 K",
         "",
-        f"drift {drift:.4f} meV/atom/ps, largest |E(t) - E(0)| {excursion:.4f} meV/atom",
+        f"drift {drift:.2g} meV/atom/ps, largest |E(t) - E(0)| {excursion:.4f} meV/atom",
     ]
     print("\n".join(lines), flush=True)
     return lines
