@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from fidelity_adapters.calculator import FidelityCalculator
+from fidelity_adapters.compare import cpu_model
 
 
 def load(model: str):
@@ -185,9 +185,8 @@ def main() -> None:
     if args.float64:
         potential = potential.double()
     box = with_velocities(water_box(args.molecules))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     lines = [
-        f"Machine: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"Machine: {os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
         f"device {potential.device}; model {args.model} at {args.fidelity} ({potential.dtype}).",
     ]
     compiled = None
