@@ -53,6 +53,7 @@ def _train(args) -> None:
 
     from .data import fidelities_of
     from .distributed import world
+    from .precision import network_dtype
     from .recipes import m3gnet_potential
     from .serialization import save_potential
     from .shards import ShardedStructures, is_prepared
@@ -85,7 +86,7 @@ def _train(args) -> None:
     else:
         train_set, val_set = [structures[k] for k in train_ids], [structures[k] for k in val_ids]
     elements = sorted({int(z) for s in structures for z in np.unique(s.numbers)})
-    potential = m3gnet_potential(elements, fidelities, seed=args.seed).to(_device(args.device))
+    potential = m3gnet_potential(elements, fidelities, seed=args.seed).to(_device(args.device), network_dtype(args.precision))
     print(potential.describe())
     config = TrainConfig(
         max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, force_weight=args.force_weight,
@@ -123,9 +124,8 @@ def _prepare(args) -> None:
 def _evaluate(args) -> None:
     from .data import read_structures
     from .evaluation import errors
-    from .serialization import load_potential
 
-    potential = load_potential(args.model, device=_device(args.device))
+    potential = _load_model(args)
     structures = read_structures(args.data, default_fidelity=args.data_fidelity)
     result = errors(potential, structures, args.fidelity)
     if args.json:
@@ -155,10 +155,30 @@ def _compare(args) -> None:
     print(f"report: {report}")
 
 
+def _load_model(args):
+    """The saved model args.model on --device, in --precision's dtype (default: as saved)."""
+    from .precision import network_dtype
+    from .serialization import load_potential
+
+    potential = load_potential(args.model, device=_device(args.device))
+    return potential if args.precision is None else potential.to(network_dtype(args.precision))
+
+
 def _calculator(args, fidelity: str):
     from .calculator import FidelityCalculator
 
-    return FidelityCalculator.from_file(args.model, fidelity, device=_device(args.device))
+    return FidelityCalculator(_load_model(args), fidelity)
+
+
+def _matmul_mode(args):
+    """--precision tf32 holds for the whole command; float32 / float64 set the network's dtype
+    where the command builds or loads it."""
+    from contextlib import nullcontext
+
+    from .precision import matmul_precision
+
+    precision = getattr(args, "precision", None)
+    return nullcontext() if precision is None else matmul_precision(precision, _device(args.device))
 
 
 def _device(name: str):
@@ -423,8 +443,13 @@ def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, parents=[THREADS])
 
 
-def _device_option(command: argparse.ArgumentParser) -> None:
+def _device_option(command: argparse.ArgumentParser, precision: str | None = None) -> None:
+    """--device and --precision (`precision`: the default; None: as the model was saved)."""
     command.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (neighbour lists stay on the CPU)")
+    command.add_argument("--precision", default=precision, choices=["float32", "float64", "tf32"],
+                         help="the network's dtype, or tf32: float32 with TF32 matmuls (CUDA, Ampere or newer); geometry and "
+                              "references stay exact; errors of each: docs/precision.md (default: "
+                              + (precision or "as the model was saved") + ")")  # fmt: skip
 
 
 def _frame_options(command: argparse.ArgumentParser) -> None:
@@ -482,7 +507,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--sampling-ratios", nargs="+", type=_named_value, metavar="FIDELITY=SHARE",
                     help="each fidelity's share of an epoch's draws, e.g. PBE=1 SCAN=1 (default: as many as it has)")
     tr.add_argument("--sampling-temperature", type=float, help="or shares proportional to n_fidelity^(1/T) (T=1: proportional)")
-    _device_option(tr)
+    _device_option(tr, precision="float32")
     tr.set_defaults(func=_train)
 
     ev = _command(sub, "evaluate", help="energy and force MAE of a saved model at one fidelity")
@@ -640,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
             threads = set_threads(args.threads)
             if rank == 0:
                 print(threads, file=sys.stderr)
-        code = args.func(args)
+        with _matmul_mode(args):
+            code = args.func(args)
     except (ValueError, KeyError, OSError) as error:  # OSError: unreadable input, read-only or full output
         print(f"error: {error}", file=sys.stderr)
         return 2

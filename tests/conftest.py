@@ -8,6 +8,8 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
 
 from backbones import M3GNet
 from fidelity_adapters import from_atoms, wrap
@@ -111,3 +113,19 @@ def paired_cu(n=20, seed=0, shared=True):
             if shared or (name == "hi") == (k % 2 == 0):
                 out.append(labelled(atoms, name, e, f, f"cu {k} {name}", struct_id=k))
     return out
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    """An extxyz file of 8 labelled water dimers, SCAN and PBE alternating (for the command line)."""
+    frames = []
+    for k in range(8):
+        atoms = water_dimer(seed=k)
+        fidelity = "PBE" if k % 2 else "SCAN"
+        atoms.info["fidelity"] = fidelity
+        energy = -4150.0 - 0.3 * (fidelity == "SCAN") + 0.01 * k
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.random.default_rng(k).normal(size=(6, 3)))
+        frames.append(atoms)
+    path = tmp_path / "clusters.extxyz"
+    write(path, frames)
+    return path

@@ -2,29 +2,12 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from conftest import water_dimer
 from fidelity_adapters.cli import main
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    frames = []
-    for k in range(8):
-        atoms = water_dimer(seed=k)
-        fidelity = "PBE" if k % 2 else "SCAN"
-        atoms.info["fidelity"] = fidelity
-        energy = -4150.0 - 0.3 * (fidelity == "SCAN") + 0.01 * k
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.random.default_rng(k).normal(size=(6, 3)))
-        frames.append(atoms)
-    path = tmp_path / "clusters.extxyz"
-    write(path, frames)
-    return path
 
 
 def test_train_then_evaluate_json(tmp_path, data_file, capsys):
