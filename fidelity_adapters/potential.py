@@ -42,6 +42,21 @@ def _parameters_frozen(module: nn.Module):
             p.requires_grad_(True)
 
 
+def exact_wigner_3j(module: nn.Module) -> None:
+    """Recompute the Wigner 3j coefficients e3nn's tensor products keep as float64 buffers
+    (`_w3j_l1_l2_l3`). They are made in the dtype a model is built in: one built in float32
+    (every sevenn checkpoint) and moved to float64 keeps them rounded to float32 (1.5e-8 off),
+    which turned a rotation of a water dimer into a 2e-9 eV energy change for SevenNet-0 in
+    float64, and a FiLM amplified it past the float64 checks. Exact, the change is 0."""
+    from e3nn.o3 import wigner_3j
+
+    for sub in module.modules():
+        for name, buffer in sub._buffers.items():
+            if buffer is not None and buffer.dtype == torch.float64 and name.startswith("_w3j_"):
+                l1, l2, l3 = (int(part) for part in name.split("_")[2:])
+                sub._buffers[name] = wigner_3j(l1, l2, l3, dtype=torch.float64, device=buffer.device)
+
+
 def _atomic_numbers(elements: Sequence[int | str]) -> list[int]:
     numbers = sorted({atomic_numbers[e] if isinstance(e, str) else int(e) for e in elements})
     if not numbers:
@@ -63,10 +78,16 @@ class Potential(nn.Module):
         self.elements = _atomic_numbers(elements)
         self.injector = injector
         self.unfitted_composition = "warn"  # or "error" / "ignore": a composition outside the references' span
+        exact_wigner_3j(backbone)  # a backbone moved to float64 before it was wrapped
 
     @property
     def fidelities(self) -> list[str]:
         return self.fidelity_state.fidelities
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        exact_wigner_3j(self)  # a potential moved to float64
+        return self
 
     @property
     def dtype(self) -> torch.dtype:

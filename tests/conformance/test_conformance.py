@@ -353,6 +353,10 @@ def test_save_load_round_trip(backbone, tmp_path):
 # (test_precision_change_keeps_the_references checks those). Measured (1 thread):
 # <= 3.8e-7 eV/atom (MACEStyle), 8e-6 eV/A and 2.3e-8 eV/A^3 (M3GNet-MatPES-PBE).
 PRECISION = dict(energy=5e-6, forces=1e-4, stress=3e-7)  # eV/atom, eV/A, eV/A^3
+# or, for large values, this fraction of the largest: float32 rounding is relative (SevenNet-0 on
+# these compressed waters: network energy -12 eV, forces up to 56 eV/A, stress 0.17 eV/A^3,
+# off by 3e-6, 1.5e-5 and 6e-6 of that)
+FLOAT32_RELATIVE = 3e-5
 
 
 def in_other_precision(backbone):
@@ -382,10 +386,12 @@ def test_float32_and_float64(backbone):
                 outputs[model.dtype] = {k: v.detach().double().numpy() for k, v in out.items()}
             a, b = outputs[torch.float64], outputs[torch.float32]
             where = f"{atoms.get_chemical_formula()} pbc={atoms.pbc.all()} at {fidelity}"
-            assert b["energy"][0] == pytest.approx(a["energy"][0], rel=0, abs=PRECISION["energy"] * len(atoms)), where
-            np.testing.assert_allclose(b["forces"], a["forces"], rtol=0, atol=PRECISION["forces"], err_msg=where)
+            allowed = {k: max(PRECISION[k] * (len(atoms) if k == "energy" else 1), FLOAT32_RELATIVE * np.abs(a[k]).max())
+                       for k in PRECISION if k in a}  # fmt: skip
+            assert b["energy"][0] == pytest.approx(a["energy"][0], rel=0, abs=allowed["energy"]), where
+            np.testing.assert_allclose(b["forces"], a["forces"], rtol=0, atol=allowed["forces"], err_msg=where)
             if "stress" in a:
-                np.testing.assert_allclose(b["stress"], a["stress"], rtol=0, atol=PRECISION["stress"], err_msg=where)
+                np.testing.assert_allclose(b["stress"], a["stress"], rtol=0, atol=allowed["stress"], err_msg=where)
 
 
 def test_precision_change_keeps_the_references(backbone):
