@@ -452,9 +452,13 @@ def _device_option(command: argparse.ArgumentParser, precision: str | None = Non
                               + (precision or "as the model was saved") + ")")  # fmt: skip
 
 
+def _data_fidelity_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
+
+
 def _frame_options(command: argparse.ArgumentParser) -> None:
     """How a command that reads extxyz files picks their frames (`_frames`)."""
-    command.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
+    _data_fidelity_option(command)
     command.add_argument("--every", type=int, default=1, help="keep every n-th frame of each file")
     command.add_argument("--limit", type=int, help="at most this many frames from each file")
 
@@ -515,7 +519,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("data")
     ev.add_argument("--fidelity", required=True)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
+    _data_fidelity_option(ev)
     _device_option(ev)
     ev.set_defaults(func=_evaluate)
 

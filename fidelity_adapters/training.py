@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -386,6 +387,14 @@ def _cuda_rng_state(potential: Potential) -> torch.Tensor | None:
     return torch.cuda.get_rng_state(potential.device) if potential.device.type == "cuda" else None
 
 
+def _library_version(run_fingerprint: dict) -> str | None:
+    """Take the third-party library's version out of a fingerprint's model config (in place):
+    'sevenn 0.13.0', or None for our own backbones."""
+    config = run_fingerprint.get("model", {}).get("backbone_config", {})
+    version = config.pop("version", None) if isinstance(config, dict) else None
+    return None if version is None else f"{config.get('library')} {version}"
+
+
 def _changes(saved: dict, current: dict, ignored=()) -> list[str]:
     """'key: saved -> current' for every entry of current that differs from the saved one."""
     return [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if k not in ignored and saved.get(k) != v]
@@ -423,7 +432,13 @@ def fingerprint(potential: Potential, train_structures, val_structures) -> dict:
 
 def _check_same_run(path: Path, saved: dict, current: dict) -> None:
     """Resuming with other data, another split or another fidelity order would carry weights
-    over to what they do not mean (PBE weights labelled SCAN): refuse, naming what changed."""
+    over to what they do not mean (PBE weights labelled SCAN): refuse, naming what changed.
+    A third-party library upgraded in between (sevenn, mace, nequip) does not change what the
+    weights mean: a warning names the versions."""
+    saved, current = copy.deepcopy(saved), copy.deepcopy(current)
+    saved_version, current_version = _library_version(saved), _library_version(current)
+    if saved_version != current_version:
+        warnings.warn(f"{path} was written with {saved_version}; resuming with {current_version}")
     changed = _changes(saved, current)
     if changed:
         raise ValueError(f"{path} belongs to another run ({'; '.join(changed)}); "

@@ -1,6 +1,8 @@
 """Training: the loss falls, masks missing labels, options take effect, runs resume, and
 checkpoints are atomic and checked on load."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +168,21 @@ def test_resume_refuses_other_data_split_or_fidelity_order(tmp_path):
         train(three, data[:18], data[18:], quick(max_epochs=1), out_dir=out)
     resumed = train(cu_potential(), data[:18], data[18:], quick(max_epochs=1), out_dir=out)
     assert [h["epoch"] for h in resumed.history] == [0]  # the same run resumes (here: already finished)
+
+
+def test_resume_after_a_library_upgrade_warns_and_goes_on(tmp_path):
+    """A checkpoint of a wrapped sevenn/mace/nequip model records the library version in its
+    model config; another version resumes with a warning naming both, anything else still refuses."""
+    saved = {"fidelities": ["PBE"], "model": {"backbone": "SevennBackbone",
+                                              "backbone_config": {"library": "sevenn", "version": "0.12.1", "sevenn": {"checkpoint": "7net-0"}}}}  # fmt: skip
+    upgraded = json.loads(json.dumps(saved))
+    upgraded["model"]["backbone_config"]["version"] = "0.13.0"
+    with pytest.warns(UserWarning, match="written with sevenn 0.12.1; resuming with sevenn 0.13.0"):
+        training._check_same_run(tmp_path / "checkpoint.pt", saved, upgraded)
+    assert saved["model"]["backbone_config"]["version"] == "0.12.1"  # the fingerprints are left as they were
+    upgraded["model"]["backbone_config"]["sevenn"]["checkpoint"] = "7net-l3i5"
+    with pytest.raises(ValueError, match="belongs to another run"), pytest.warns(UserWarning):
+        training._check_same_run(tmp_path / "checkpoint.pt", saved, upgraded)
 
 
 def test_a_second_run_into_a_held_directory_is_refused_naming_the_holder(tmp_path):
