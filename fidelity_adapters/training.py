@@ -438,7 +438,8 @@ def _check_same_run(path: Path, saved: dict, current: dict) -> None:
     saved, current = copy.deepcopy(saved), copy.deepcopy(current)
     saved_version, current_version = _library_version(saved), _library_version(current)
     if saved_version != current_version:
-        warnings.warn(f"{path} was written with {saved_version}; resuming with {current_version}")
+        unrecorded = "a library version it did not record"
+        warnings.warn(f"{path} was written with {saved_version or unrecorded}; resuming with {current_version}")
     changed = _changes(saved, current)
     if changed:
         raise ValueError(f"{path} belongs to another run ({'; '.join(changed)}); "

@@ -180,6 +180,9 @@ def test_resume_after_a_library_upgrade_warns_and_goes_on(tmp_path):
     with pytest.warns(UserWarning, match="written with sevenn 0.12.1; resuming with sevenn 0.13.0"):
         training._check_same_run(tmp_path / "checkpoint.pt", saved, upgraded)
     assert saved["model"]["backbone_config"]["version"] == "0.12.1"  # the fingerprints are left as they were
+    del saved["model"]["backbone_config"]["version"]  # a checkpoint from before versions were recorded
+    with pytest.warns(UserWarning, match="written with a library version it did not record; resuming with sevenn 0.13.0"):
+        training._check_same_run(tmp_path / "checkpoint.pt", saved, upgraded)
     upgraded["model"]["backbone_config"]["sevenn"]["checkpoint"] = "7net-l3i5"
     with pytest.raises(ValueError, match="belongs to another run"), pytest.warns(UserWarning):
         training._check_same_run(tmp_path / "checkpoint.pt", saved, upgraded)
