@@ -351,13 +351,15 @@ class Comparison:
     def header(self) -> str:
         s = self.settings
         counts = {name: sum(x.fidelity == name for x in self.structures) for name in fidelities_of(self.structures)}
+        builds_a_model = any(name in FROM_SCRATCH or name == "ft-delta" for name in s.strategies)  # the others start pretrained
+        model = f", backbone {s.backbone}, model options {s.model or 'defaults'}" if builds_a_model else ""
+        freeze = f"; transfer freezes {s.freeze}" if "transfer" in s.strategies else ""
         lines = [
             f"Command: `{self.command}`" if self.command else "",
             f"Data: {_describe_data(s)}; structures per fidelity {counts}.",
             f"Split: Ko & Ong Fig. 2, held out {s.holdout_fraction:.0%} (half validation, half test), the same for every "
             f"strategy and fraction of a seed. Training: {s.epochs} epochs max, batch {s.batch_size}, lr {s.learning_rate}, "
-            f"force weight {s.force_weight}, backbone {s.backbone}, model options {s.model or 'defaults'}; "
-            f"transfer freezes {s.freeze}.",
+            f"force weight {s.force_weight}{model}{freeze}.",
             self._pretrained_line(),
             f"Machine: {machine()}.",
         ]

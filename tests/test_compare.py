@@ -46,6 +46,7 @@ def test_sweep_runs_every_strategy_and_writes_a_parseable_report(cu_file, tmp_pa
     for name in FROM_SCRATCH:
         assert name in text
     assert "labels for 4/4" in text  # delta says where its lofi labels came from
+    assert "transfer freezes ['atom_embedding']" in text and "backbone M3GNet" in text
     assert (tmp_path / "sweep" / "learning_curve.png").exists()
     split = json.loads((tmp_path / "sweep" / "splits" / "random_f20_s0.json").read_text())
     assert split["settings"]["hifi_fraction"] == 0.2 and len(split["test"]) == 2

@@ -39,6 +39,7 @@ def test_every_pretrained_strategy_predicts_the_target_on_the_same_test_set(swee
     for record in records.values():
         assert np.isfinite(record["energy_mae_per_atom"]) and record["force_mae"] < 1.0  # eV/A; untrained nets give several
     assert "optimizer steps" in text and "base-level drift" in text and R2SCAN_MODEL in text
+    assert "backbone M3GNet" in text and "transfer freezes" not in text  # ft-delta builds a model; no `transfer` ran
 
 
 def test_plain_fine_tuning_gets_as_many_steps_as_fine_tuning_with_replay(sweep):
