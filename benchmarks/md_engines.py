@@ -39,14 +39,17 @@ from fidelity_adapters.calculator import FidelityCalculator
 from fidelity_adapters.compare import cpu_model
 
 
-def load(model: str):
+def load(model: str, dtype: torch.dtype | None = None):
+    """A model file of ours or a pretrained name; in `dtype` if given (default: as saved, or
+    the pretrained model's float32)."""
     if os.path.exists(model):
         from fidelity_adapters.serialization import load_potential
 
-        return load_potential(model)
+        potential = load_potential(model)
+        return potential if dtype is None else potential.to(dtype)
     from fidelity_adapters.pretrained import load_pretrained
 
-    return load_pretrained(model)
+    return load_pretrained(model) if dtype is None else load_pretrained(model, dtype=dtype)
 
 
 def water_box(molecules: int, seed: int = 0) -> Atoms:

@@ -19,7 +19,6 @@ the shared SCAN liquid-water set.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,19 +30,10 @@ from torch_geometric.data import Batch
 from fidelity_adapters.compare import machine
 from fidelity_adapters.data import from_atoms, stream_frames
 from fidelity_adapters.precision import emulated_tf32, matmul_precision
+from md_engines import load
 from table_output import publish
 
 WATER = Path(__file__).resolve().parents[2] / "shared" / "data" / "water" / "scan_csiprinceton.extxyz.gz"
-
-
-def load(model: str, dtype: torch.dtype, device: str):
-    if os.path.exists(model):
-        from fidelity_adapters.serialization import load_potential
-
-        return load_potential(model, device=device).to(dtype)
-    from fidelity_adapters.pretrained import load_pretrained
-
-    return load_pretrained(model, dtype=dtype).to(device)
 
 
 def modes(device: str) -> dict:
@@ -97,7 +87,7 @@ def main() -> None:
     frames = [atoms for _, atoms in stream_frames(Path(args.data), every=1, limit=args.frames)]
     rows, reference, float32_time = [], None, None
     for name, (dtype, context) in modes(args.device).items():
-        potential = load(args.model, dtype, args.device)
+        potential = load(args.model, dtype).to(args.device)
         fidelity = args.fidelity or potential.fidelities[0]
         batches = [Batch.from_data_list([potential.graph(from_atoms(a, fidelity))]) for a in frames]
         try:

@@ -10,7 +10,7 @@ from torch_geometric.data import Batch
 
 from conftest import small_potential, water_box
 from fidelity_adapters import from_atoms
-from fidelity_adapters.cli import main
+from fidelity_adapters.cli import main, parser
 from fidelity_adapters.evaluation import errors
 from fidelity_adapters.potential import edge_vectors_of, rows_times
 from fidelity_adapters.precision import PRECISIONS, check_precision, emulated_tf32, matmul_precision
@@ -60,7 +60,10 @@ def test_emulated_tf32_changes_forces_little():
 
 
 def test_precision_checks():
-    assert main.__module__ and set(PRECISIONS) == {"float32", "float64", "tf32"}
+    assert set(PRECISIONS) == {"float32", "float64", "tf32"}
+    commands = parser()._subparsers._group_actions[0].choices  # the command line offers exactly these
+    for command in ("train", "evaluate", "eos", "relax", "md"):
+        assert tuple(next(a for a in commands[command]._actions if a.dest == "precision").choices) == PRECISIONS, command
     with pytest.raises(ValueError, match="'bf16': give one of float32, float64, tf32"):
         check_precision("bf16")
     with pytest.raises(ValueError, match="tf32 is a CUDA tensor-core mode"):
