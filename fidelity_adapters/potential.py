@@ -42,12 +42,14 @@ def _parameters_frozen(module: nn.Module):
             p.requires_grad_(True)
 
 
-def exact_wigner_3j(module: nn.Module) -> None:
-    """Recompute the Wigner 3j coefficients e3nn's tensor products keep as float64 buffers
-    (`_w3j_l1_l2_l3`). They are made in the dtype a model is built in: one built in float32
-    (every sevenn checkpoint) and moved to float64 keeps them rounded to float32 (1.5e-8 off),
-    which turned a rotation of a water dimer into a 2e-9 eV energy change for SevenNet-0 in
-    float64, and a FiLM amplified it past the float64 checks. Exact, the change is 0."""
+def exact_float64_constants(module: nn.Module) -> None:
+    """Recompute the coupling coefficients e3nn and the libraries on it keep as float64
+    buffers: e3nn's Wigner 3j (`_w3j_l1_l2_l3`) here, and whatever a submodule's own
+    `restore_exact_constants()` knows (mace's U matrices). They are made in the dtype a model
+    is built in: one built in float32 (every sevenn checkpoint) and moved to float64 keeps them
+    rounded to float32 (1.5e-8 off), which turned a rotation of a water dimer into a 2e-9 eV
+    energy change for SevenNet-0 in float64, and a FiLM amplified it past the float64 checks.
+    Exact, the change is 0."""
     from e3nn.o3 import wigner_3j
 
     for sub in module.modules():
@@ -55,6 +57,8 @@ def exact_wigner_3j(module: nn.Module) -> None:
             if buffer is not None and buffer.dtype == torch.float64 and name.startswith("_w3j_"):
                 l1, l2, l3 = (int(part) for part in name.split("_")[2:])
                 sub._buffers[name] = wigner_3j(l1, l2, l3, dtype=torch.float64, device=buffer.device)
+        if hasattr(sub, "restore_exact_constants"):
+            sub.restore_exact_constants()
 
 
 def _atomic_numbers(elements: Sequence[int | str]) -> list[int]:
@@ -78,7 +82,7 @@ class Potential(nn.Module):
         self.elements = _atomic_numbers(elements)
         self.injector = injector
         self.unfitted_composition = "warn"  # or "error" / "ignore": a composition outside the references' span
-        exact_wigner_3j(backbone)  # a backbone moved to float64 before it was wrapped
+        exact_float64_constants(backbone)  # a backbone moved to float64 before it was wrapped
 
     @property
     def fidelities(self) -> list[str]:
@@ -86,7 +90,7 @@ class Potential(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        exact_wigner_3j(self)  # a potential moved to float64
+        exact_float64_constants(self)  # a potential moved to float64
         return self
 
     @property

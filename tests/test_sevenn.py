@@ -30,7 +30,7 @@ except ImportError as error:
 from fidelity_adapters import wrap  # noqa: E402
 from fidelity_adapters.calculator import FidelityCalculator  # noqa: E402
 from fidelity_adapters.fidelity_state import UnknownFidelityError  # noqa: E402
-from fidelity_adapters.potential import exact_wigner_3j  # noqa: E402
+from fidelity_adapters.potential import exact_float64_constants  # noqa: E402
 from fidelity_adapters.third_party.sevenn import add_fidelity, load_sevenn  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:No tensor product accelerator:UserWarning")  # sevenn's, on CPU
@@ -85,7 +85,7 @@ def sevenn_model_float64(name: str):
     """sevenn's model in float64, with exact Wigner 3j coefficients as our potentials get them
     (a .double() alone keeps them rounded to float32: 3e-10 relative in these forces)."""
     model = sevenn.util.load_checkpoint(name).build_model().double()
-    exact_wigner_3j(model)
+    exact_float64_constants(model)
     for module in model.modules():
         if isinstance(module, OnehotEmbedding):
             module.register_forward_hook(_float64_onehots)

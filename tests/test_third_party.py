@@ -143,6 +143,23 @@ def test_single_fidelity_equals_the_model_itself(name, periodic):
     assert own_prediction(model, atoms)[0] == pytest.approx(energy, rel=1e-14)
 
 
+def test_float32_built_mace_moved_to_float64_has_exact_coefficients():
+    """mace makes its U matrices in the dtype it is built in; wrapped and moved to float64, a
+    float32-built model gets them recomputed in float64 (equal bit for bit to a float64 build's;
+    rounded to float32 they were 1e-7 off and broke rotation invariance at 3e-10 eV)."""
+
+    def u_matrices(potential):
+        return {n: b for n, b in potential.named_buffers() if ".U_matrix_" in n}
+
+    exact = u_matrices(wrap_third_party(tiny_mace(dtype=torch.float64), ["PBE"]))
+    moved = u_matrices(wrap_third_party(tiny_mace(dtype=torch.float32), ["PBE"]).double())
+    assert sorted(moved) == sorted(exact) and len(exact) >= 4
+    for name, buffer in moved.items():
+        assert buffer.dtype == torch.float64 and torch.equal(buffer, exact[name]), name
+    pointers = [b.data_ptr() for b in moved.values()]
+    assert len(set(pointers)) == len(pointers)  # a cached matrix is copied: safetensors refuses shared memory
+
+
 def _vectors(potential, atoms):
     from fidelity_adapters.potential import edge_vectors_of
 

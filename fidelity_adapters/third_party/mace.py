@@ -22,6 +22,7 @@ make loading import or call anything else.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import types
 from typing import Sequence
@@ -58,6 +59,32 @@ class MaceBackbone(ThirdPartyBackbone):
     def reference_energies(self) -> np.ndarray:
         e0 = torch.atleast_2d(self.model.atomic_energies_fn.atomic_energies.detach())[self.head]
         return e0.to(torch.float64).cpu().numpy()[self.model_index.cpu().numpy()]
+
+    def restore_exact_constants(self) -> None:
+        """mace's symmetric contractions keep their U matrices (generalised Clebsch-Gordan
+        coefficients) as buffers made in the dtype the model was built in; built in float32 and
+        moved to float64 they stay rounded to float32 (up to 1.2e-7 off), which turned a
+        rotation of a water dimer into a 3e-10 eV energy change (6e-15 when exact). Each float64
+        U matrix is recomputed in float64 and replaces the buffer when it agrees with it to
+        float32 rounding (mace stores neither the irreps nor the CG convention a contraction
+        was built with: both conventions are tried; one that matches neither is left as it is)."""
+        from mace.modules.symmetric_contraction import SymmetricContraction
+
+        for module in self.model.modules():
+            if not isinstance(module, SymmetricContraction):
+                continue
+            for contraction, irrep_out in zip(module.contractions, module.irreps_out):
+                for nu in range(1, contraction.correlation + 1):
+                    name = f"U_matrix_{nu}"
+                    held = contraction._buffers[name]
+                    if held.dtype != torch.float64:
+                        continue
+                    for reduced in (False, True):
+                        exact = _exact_u_matrix(str(contraction.coupling_irreps), str(irrep_out.ir), nu, reduced)
+                        close = exact.shape == held.shape and bool((exact - held.cpu()).abs().max() <= 1e-6)
+                        if close:
+                            contraction._buffers[name] = exact.to(held.device, copy=True)  # saved tensors share no memory
+                            break
 
     def forward(self, graph, edge_vectors: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         self._no_state(state)
@@ -111,6 +138,14 @@ class MaceBackbone(ThirdPartyBackbone):
             "messages": [InjectionSite(p, irreps) for p, irreps in zip(products, product_irreps)],
             "readout": [InjectionSite(r, irreps, on_input=True, index=0) for r, irreps in zip(model.readouts, readout_inputs)],
         }
+
+
+@functools.lru_cache(maxsize=None)
+def _exact_u_matrix(irreps_in: str, irrep_out: str, correlation: int, reduced: bool) -> torch.Tensor:
+    """mace's U matrix of one contraction in float64 (cached: it takes seconds for large L)."""
+    from mace.tools.cg import U_matrix_real
+
+    return U_matrix_real(irreps_in, irrep_out, correlation, use_cueq_cg=reduced, dtype=torch.float64)[-1]
 
 
 class _ZeroE0:
