@@ -13,7 +13,8 @@ base-level "replay" structures:
 - replay="distill": the frozen pretrained model labels the target structures and rattled
   copies of them at the base level (self-distillation: the base level is held to what the
   pretrained model predicted; forgetting is then drift from it on held-out rattled copies);
-- replay="none": target data only.
+- replay="none": target data only (forgetting is measured as for "distill": the base level
+  stays in the model, and plain fine-tuning moves it too).
 `replay_ratio` replay structures per target structure, `replay_weight` their loss weight.
 `trainable` picks what trains: "all"; "adapter" (the fidelity state path and the readout;
 the pretrained interaction weights stay as they are); or "lowrank" (every linear layer of the
@@ -166,15 +167,13 @@ def finetune(
     potential = load_pretrained(name, add=add, like=base, state_dim=config.state_dim)
     seed = config.train.seed
     n_replay = int(round(config.replay_ratio * len(train_structures)))
-    if config.replay == "distill":
-        pool = [train_structures[k % len(train_structures)] for k in range(n_replay + max(1, n_replay // 4))]
-        replay = distilled(potential, pool, base, config.rattle, seed)  # still the pretrained model here
-        replay_train, held_out = replay[:n_replay], replay[n_replay:]
-    elif config.replay == "data":
+    if config.replay == "data":
         replay_train, held_out = _split(list(replay_structures), config.held_out_fraction, seed)
         replay_train = replay_train[:n_replay] if n_replay else []
-    else:
-        replay_train, held_out = [], []
+    else:  # without replay too, forgetting is measured on the held-out copies distillation would make
+        pool = [train_structures[k % len(train_structures)] for k in range(n_replay + max(1, n_replay // 4))]
+        replay = distilled(potential, pool, base, config.rattle, seed)  # still the pretrained model here
+        replay_train, held_out = (replay[:n_replay] if config.replay == "distill" else []), replay[n_replay:]
 
     def measured() -> dict:
         out = {"target_val": errors(potential, val_structures, target)}

@@ -73,6 +73,8 @@ def test_replay_weight_zero_gives_the_replay_no_say(clusters):
     after = [r.report["after"]["target_val"]["force_mae"] for r in runs]
     assert after[0] != pytest.approx(after[1], rel=1e-6)  # the weight takes effect
     assert runs[0].report["n_replay_train"] == 4 and without.report["n_replay_train"] == 0
+    # without replay the base level is still measured, on self-labelled rattled copies, and it moved
+    assert without.report["n_base_held_out"] == 1 and without.report["after"]["base_held_out"]["force_mae"] > 1e-5
 
 
 @needs_matgl_weights
