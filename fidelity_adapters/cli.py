@@ -629,7 +629,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--replay-weight", type=float, default=1.0, help="loss weight of the replay structures")
     ft.add_argument("--rattle", type=float, default=0.05, help="A; displacement of self-distillation copies")
     ft.add_argument("--trainable", choices=["all", "adapter", "lowrank"], default="all")
-    ft.add_argument("--rank", type=int, default=8, help="rank of the low-rank updates (--trainable lowrank)")
+    ft.add_argument("--rank", type=int, default=8, help="rank of the low-rank updates (--trainable lowrank, or adapter on a SevenNet)")
     ft.add_argument("--epochs", type=int, default=20)
     ft.add_argument("--lr", type=float, default=1e-4)
     ft.add_argument("--batch-size", type=int, default=4)

@@ -16,10 +16,12 @@ base-level "replay" structures:
 - replay="none": target data only (forgetting is measured as for "distill": the base level
   stays in the model, and plain fine-tuning moves it too).
 `replay_ratio` replay structures per target structure, `replay_weight` their loss weight.
-`trainable` picks what trains: "all"; "adapter" (the fidelity state path and the readout;
-the pretrained interaction weights stay as they are); or "lowrank" (every linear layer of the
-backbone frozen with a trainable rank-`rank` update, low_rank.py, merged into the weights at
-the end; the fidelity embedding trains in full).
+`trainable` picks what trains: "all"; "adapter" (matgl's M3GNet: the fidelity state path and
+the readout, the pretrained interaction weights as they are; SevenNet: a rank-`rank` update of
+every linear layer applied only to the target's atoms, third_party/sevenn_low_rank.py, every
+pretrained weight frozen, so the base level cannot drift at all); or "lowrank" (every linear
+layer of the backbone frozen with a trainable rank-`rank` update, low_rank.py, merged into the
+weights at the end; the fidelity embedding trains in full).
 The report gives target and base errors zero-shot, after the reference correction ("before"
 training) and after training, and the optimizer steps taken, for comparisons at equal budgets.
 """
@@ -56,7 +58,7 @@ class FinetuneConfig:
     rattle: float = 0.05  # A, displacement of the rattled copies that self-distillation labels
     held_out_fraction: float = 0.2  # of the replay structures, kept out of training to measure forgetting
     trainable: str = "all"
-    rank: int = 8  # of the low-rank updates (trainable="lowrank")
+    rank: int = 8  # of the low-rank updates (trainable="lowrank", or "adapter" on a SevenNet)
     state_dim: int = 16
 
     def check(self) -> None:
@@ -110,13 +112,20 @@ def _predict_each(potential: Potential, structures: Sequence[LabelledStructure])
     return out
 
 
-def freeze_to_adapter(potential: Potential) -> None:
-    """Only the fidelity state path, the readout and the references train: the pretrained
-    interaction weights are frozen, and in the first layers of the bond and atom update MLPs
-    only the state columns receive gradients."""
+def freeze_to_adapter(potential: Potential, target: str, rank: int) -> None:
+    """Only the adapter trains. A SevenNet gets a low-rank update of the target's own, and
+    nothing else trains. A matgl M3GNet trains its fidelity state path and readout: the
+    pretrained interaction weights are frozen, and in the first layers of the bond and atom
+    update MLPs only the state columns receive gradients."""
     backbone = potential.backbone
+    if hasattr(backbone, "fidelity_updates"):
+        from .third_party.sevenn import add_low_rank_update
+
+        backbone.requires_grad_(False)
+        add_low_rank_update(potential, target, rank).requires_grad_(True)
+        return
     if getattr(backbone, "state_dim", 0) == 0:
-        raise ValueError("trainable='adapter' needs a backbone with a fidelity state path (a matgl M3GNet import)")
+        raise ValueError("trainable='adapter' needs a backbone with a fidelity state path (a matgl M3GNet import) or a SevenNet")
     for p in backbone.parameters():
         p.requires_grad_(False)
     for module in [*backbone.readouts, *[b.state_update for b in backbone.blocks]]:
@@ -152,6 +161,9 @@ def finetune(
     config.check()
     model = entry(name)
     base = model.level(base_fidelity, what="base fidelity")
+    if model.library == "sevenn" and config.trainable == "adapter" and config.replay != "none":
+        raise ValueError(f"replay={config.replay!r} would do nothing with trainable='adapter' on {name}: its update acts on the "
+                         "target's atoms only and the base level stays the pretrained model's exactly; use replay='none'")  # fmt: skip
     for group, label in ((train_structures, "training"), (val_structures, "validation")):
         wrong = sorted({s.fidelity for s in group} - {target})
         if not group or wrong:
@@ -184,7 +196,7 @@ def finetune(
     refit_references_around(potential, [*train_structures, *replay_train])
     before = measured()
     if config.trainable == "adapter":
-        freeze_to_adapter(potential)
+        freeze_to_adapter(potential, target, config.rank)
     elif config.trainable == "lowrank":
         add_low_rank_updates(potential.backbone, config.rank)
 

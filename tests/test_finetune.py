@@ -164,3 +164,23 @@ def test_finetune_sevenn_mf0_saves_and_reloads(clusters, tmp_path):
         want, got = potential.predict([structure], fidelity)[0], reloaded.predict([structure], fidelity)[0]
         assert got["energy"] == pytest.approx(want["energy"], rel=1e-6)
         np.testing.assert_allclose(got["forces"], want["forces"], rtol=1e-5, atol=1e-5)
+
+
+def test_sevenn_adapter_trains_a_low_rank_update_and_keeps_the_base_exactly(clusters):
+    """trainable="adapter" on SevenNet-MF-0: only the target's low-rank update trains (every
+    pretrained weight as loaded), the target's error changes, and the base level does not
+    drift at all, even without replay."""
+    pytest.importorskip("sevenn", reason="sevenn is not installed (pip install -e '.[sevenn]')")
+    from fidelity_adapters.pretrained import load_pretrained
+
+    scan, _ = clusters
+    result = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="adapter", rank=2))
+    report, tuned = result.report, result.potential.backbone
+    assert report["after"]["base_held_out"]["force_mae"] == 0  # the base level is the pretrained model's, exactly
+    assert report["after"]["target_val"]["force_mae"] != report["before"]["target_val"]["force_mae"]
+    original = load_pretrained("sevenn:7net-mf-0", add=["SCAN"]).backbone.model.state_dict()
+    assert all(torch.equal(value, original[key]) for key, value in tuned.model.state_dict().items())
+    (update,) = tuned.fidelity_updates
+    assert update.rank == 2 and any(p.abs().sum() > 0 for p in update.updates[0].b)  # B moved from zero
+    with pytest.raises(ValueError, match="would do nothing with trainable='adapter'"):
+        finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="distill", trainable="adapter"))

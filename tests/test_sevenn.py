@@ -239,6 +239,53 @@ def test_new_fidelity_starts_as_its_base():
         assert rows[2] > 0 and rows[0] == 0 and rows[1] == 0
 
 
+def test_low_rank_update_moves_its_fidelity_only():
+    """add_low_rank_update: the target starts as its base; with the update trained (here: set
+    at random) the target's energy, forces and stress change and stay rotation invariant /
+    equivariant, every other fidelity keeps its predictions bit for bit, a force loss reaches
+    the update's parameters only, and a fidelity added afterwards leaves the update in place."""
+    from scipy.spatial.transform import Rotation
+
+    from fidelity_adapters.third_party.sevenn import add_low_rank_update
+
+    potential = add_fidelity(load_sevenn("7net-mf-0").double(), "SCAN", like="r2SCAN")
+    atoms = triclinic_oxide()
+    before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    update = add_low_rank_update(potential, "SCAN", rank=4)
+    assert len(update.updates) == 13  # the species embedding, the 11 modal layers, the energy layer
+    with pytest.raises(ValueError, match="has a low-rank update already"):
+        add_low_rank_update(potential, "SCAN", rank=4)
+    for key, value in evaluate(FidelityCalculator(potential, "SCAN"), atoms).items():
+        np.testing.assert_array_equal(value, before["SCAN"][key])  # B = 0, bias 0: no change yet
+    with torch.no_grad():
+        for parameter in update.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    add_fidelity(potential, "CCSD(T)", like="PBE")  # rebuilds the modal layers: the hooks move with them
+    after = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    for f in ("r2SCAN", "PBE"):
+        for key in ("energy", "forces", "stress"):
+            np.testing.assert_allclose(after[f][key], before[f][key], rtol=1e-12, atol=1e-12)
+    assert abs(after["SCAN"]["energy"] - before["SCAN"]["energy"]) > 1e-3
+    assert np.abs(after["SCAN"]["forces"] - before["SCAN"]["forces"]).max() > 1e-4
+
+    rotation = Rotation.from_euler("xyz", [0.4, -1.2, 2.0])
+    turned = atoms.copy()
+    turned.positions, turned.cell = rotation.apply(atoms.positions), rotation.apply(np.asarray(atoms.cell))
+    moved = evaluate(FidelityCalculator(potential, "SCAN"), turned)
+    assert moved["energy"] == pytest.approx(after["SCAN"]["energy"], rel=1e-12, abs=1e-10)
+    np.testing.assert_allclose(moved["forces"], rotation.apply(after["SCAN"]["forces"]), rtol=0, atol=1e-10)
+
+    potential.backbone.requires_grad_(False)
+    update.requires_grad_(True)
+    out = potential(potential.graph(atoms, "SCAN"), forces=True, training=True)
+    loss = out["energy"].sum() + out["forces"].pow(2).sum()  # double backward through the hooks
+    grads = torch.autograd.grad(loss, list(update.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads)
+    layer = potential.backbone.model.onehot_to_feature_x.linear
+    with pytest.raises(RuntimeError, match="no atom fidelities set"):  # a layer called outside its Potential
+        layer(torch.zeros(2, layer.irreps_in.dim, dtype=torch.float64))
+
+
 def test_new_name_on_an_existing_modality():
     potential = load_sevenn("7net-mf-0", ["r2SCAN", "PBE", "SCAN"], modal_map={"SCAN": "R2SCAN"}).double()
     assert potential.backbone.modals == ["R2SCAN", "PBE", "R2SCAN"]
@@ -266,15 +313,19 @@ def test_wrap_third_party_takes_a_raw_sevenn_model():
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("how", ["added-modality", "film"])
+@pytest.mark.parametrize("how", ["added-modality", "low-rank", "film"])
 def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
     """Saved as the recipe that rebuilds it (checkpoint, fidelities, modalities, added
     fidelities, FiLM) plus every tensor: trained weights and references come back bit for bit;
     the LAMMPS / export / finetune commands that take a model file can then take it."""
     from fidelity_adapters.serialization import load_potential, save_potential
 
-    if how == "added-modality":
+    from fidelity_adapters.third_party.sevenn import add_low_rank_update
+
+    if how != "film":
         potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
+        if how == "low-rank":
+            add_low_rank_update(potential, "SCAN", rank=3)
     else:
         potential = load_sevenn("7net-0", ["PBE", "SCAN"], inject=("messages",), inject_dim=4)
     with torch.no_grad():  # as if fine-tuned: every weight moved, so defaults cannot pass for the saved ones

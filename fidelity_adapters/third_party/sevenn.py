@@ -29,7 +29,9 @@ the backbone reads the structure's fidelity index from the graph and feeds that 
 name the same modality: they then share the network and differ only by their references.
 `add_fidelity(potential, new, like=base)` instead appends a modality column copied from the
 base's to every modal linear layer (and the base's shift row): the new fidelity predicts
-exactly what the base does and trains its own columns. A model without modalities (7net-0,
+exactly what the base does and trains its own columns; `add_low_rank_update(potential, new)`
+gives it more: a low-rank update of every linear layer on its own atoms only
+(sevenn_low_rank.py). A model without modalities (7net-0,
 7net-l3i5) is one fidelity, or takes a FiLM at `injection_sites()` like the mace and nequip
 adapters ("embedding": after onehot_to_feature_x; "messages": after every equivariant gate;
 "readout": the input of the layer after the last gate).
@@ -37,7 +39,7 @@ adapters ("embedding": after onehot_to_feature_x; "messages": after every equiva
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -86,6 +88,7 @@ class SevennBackbone(ThirdPartyBackbone):
         self.n_heads = max(len(modals), 1)
         self.config["modals"] = modals
         self.recipe: dict | None = None  # how load_sevenn built it (set there): what a saved model is rebuilt from
+        self.fidelity_updates = nn.ModuleList()  # add_low_rank_update's, one per fidelity that has one
         _rescale_module(model)  # refuses a model with several
 
     @property
@@ -132,14 +135,17 @@ class SevennBackbone(ThirdPartyBackbone):
         if self.modals:
             modal = self.modal_index[graph.fidelity.reshape(-1)]
             data[KEY.MODAL_TYPE] = modal
-        for module in self.model:
-            if isinstance(module, AtomReduce):  # sevenn sums the energy here; then its own forces
-                break
-            data = module(data)
-            if isinstance(module, OnehotEmbedding):  # sevenn makes them float32 in any model
-                for key in (module.key_output, module.key_additional_output):
-                    if key is not None:
-                        data[key] = data[key].to(dtype)
+        with ExitStack() as stack:
+            for update in self.fidelity_updates:
+                stack.enter_context(update.atoms(graph.fidelity.reshape(-1)[batch]))
+            for module in self.model:
+                if isinstance(module, AtomReduce):  # sevenn sums the energy here; then its own forces
+                    break
+                data = module(data)
+                if isinstance(module, OnehotEmbedding):  # sevenn makes them float32 in any model
+                    for key in (module.key_output, module.key_additional_output):
+                        if key is not None:
+                            data[key] = data[key].to(dtype)
         energy = data[KEY.ATOMIC_ENERGY].reshape(-1)
         shifts = self._shifts()
         if shifts is None:
@@ -239,7 +245,7 @@ def load_sevenn(
     backbone = SevennBackbone(checkpoint.build_model(), modal=modals)  # the e3nn backend (no cuEquivariance / flash)
     backbone.recipe = {
         "checkpoint": name, "fidelities": fidelities, "modal_map": modal_map if defaults is not None else None,
-        "inject": None if inject is None else list(inject), "inject_dim": inject_dim, "added": [],
+        "inject": None if inject is None else list(inject), "inject_dim": inject_dim, "added": [], "updates": [],
     }  # fmt: skip
     potential = wrap(backbone, fidelities, backbone.elements, inject=inject, inject_dim=inject_dim)
     table = np.broadcast_to(backbone.reference_energies(), (len(fidelities), len(backbone.elements))).copy()
@@ -291,7 +297,30 @@ def rebuild_sevenn(recipe: dict) -> Potential:
     )
     for new, like in recipe["added"]:
         add_fidelity(potential, new, like=like)
+    for fidelity, rank in recipe.get("updates", []):  # absent in files saved before updates existed
+        add_low_rank_update(potential, fidelity, rank)
     return potential
+
+
+def add_low_rank_update(potential: Potential, fidelity: str, rank: int = 8) -> nn.Module:
+    """Give `fidelity` (of a potential over a sevenn model) its own rank-`rank` update of every
+    e3nn linear layer, applied only to its atoms (sevenn_low_rank.py); it starts at zero, so no
+    prediction changes. Returns the update: train its parameters with the model's frozen, and
+    every other fidelity keeps its predictions exactly."""
+    from .sevenn_low_rank import FidelityLowRank
+
+    backbone = potential.backbone
+    if not isinstance(backbone, SevennBackbone):
+        raise ValueError("add_low_rank_update needs a potential over a sevenn model (SevennBackbone)")
+    index = potential.fidelity_state.index(fidelity)
+    if any(u.fidelity == index for u in backbone.fidelity_updates):
+        raise ValueError(f"fidelity {fidelity!r} has a low-rank update already")
+    with torch.random.fork_rng(devices=[]):  # its random first factor leaves the caller's generator alone
+        update = FidelityLowRank(backbone.model, index, rank)
+    backbone.fidelity_updates.append(update)
+    if backbone.recipe is not None:
+        backbone.recipe.setdefault("updates", []).append([fidelity, rank])
+    return update
 
 
 def _append_modality(model: nn.Module, copied: int) -> None:
@@ -336,4 +365,5 @@ def _append_linear_column(module: nn.Module, copied: int) -> None:
     if old.bias.numel():
         new.bias.copy_(old.bias)
     new.weight.requires_grad_(old.weight.requires_grad)
+    new._forward_hooks.update(old._forward_hooks)  # low-rank updates (sevenn_low_rank.py) hook this layer
     module.linear = new

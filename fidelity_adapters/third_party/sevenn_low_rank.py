@@ -1,0 +1,95 @@
+"""A fidelity of its own inside a pretrained SevenNet, at a fraction of its parameters: every
+e3nn linear layer (the self-interactions and the readout) gets, for the atoms of that fidelity
+only, a trainable low-rank update (LoRA, Hu et al. 2021) plus a bias on its 0e outputs.
+
+    add_fidelity(potential, "SCAN", like="r2SCAN")      # a copied modality (sevenn.py)
+    add_low_rank_update(potential, "SCAN", rank=8)      # SCAN atoms: W + B A in every layer
+
+Why: a modality copied from the base one moves only through its one-hot columns (a bias per
+layer), and fine-tuning the shared weights with replay trades the target's accuracy against
+the base level's drift (docs/results/pretrained). The update instead starts at zero (B = 0,
+bias 0: the new fidelity predicts what the base does) and is never applied to other
+fidelities' atoms: with the pretrained weights frozen, every other fidelity keeps the
+pretrained model's predictions exactly, and no replay is needed to keep them.
+
+Equivariance: e3nn's Linear mixes channels only within a path (an irrep to the same irrep),
+and the update is one rank-r matrix per path, fed to a weightless copy of the layer's paths
+(the modality one-hot inputs left out: they stay the model's own). Biases sit on 0e outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from e3nn import o3
+from torch import nn
+
+
+class PathLowRank(nn.Module):
+    """A rank-`rank` update B A of each path of an e3nn Linear from `irreps_in` (the layer's
+    own inputs without its modality one-hots) to its outputs, plus 0e biases; starts at zero."""
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, rank: int):
+        super().__init__()
+        self.delta = o3.Linear(irreps_in, irreps_out, internal_weights=False, shared_weights=True, biases=True)
+        self.a, self.b = nn.ParameterList(), nn.ParameterList()
+        for ins in self.delta.instructions:
+            if ins.i_in == -1:  # a bias: its own parameter below
+                continue
+            mul_in, mul_out = ins.path_shape
+            r = min(rank, mul_in, mul_out)
+            a = torch.empty(mul_in, r)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            self.a.append(nn.Parameter(a))
+            self.b.append(nn.Parameter(torch.zeros(r, mul_out)))
+        self.bias = nn.Parameter(torch.zeros(self.delta.bias_numel))
+        self.n_features = irreps_in.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.cat([(a @ b).reshape(-1) for a, b in zip(self.a, self.b)])
+        return self.delta(x[..., : self.n_features], weight, self.bias)
+
+
+class FidelityLowRank(nn.Module):
+    """The updates of one fidelity (our index `fidelity`), added by forward hooks to the
+    outputs of the model's e3nn linear layers on that fidelity's atoms. The atoms' fidelities
+    are set around each model call (`with update.atoms(index): ...`); a hook that fires outside
+    is an error, so the model cannot run with the update silently applied to no one."""
+
+    def __init__(self, model: nn.Module, fidelity: int, rank: int):
+        from sevenn.nn.linear import IrrepsLinear
+
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"the rank of a low-rank update must be >= 1, not {rank}")
+        self.fidelity, self.rank = fidelity, rank
+        self._atom_fidelity: torch.Tensor | None = None
+        layers = [m for m in model if isinstance(m, IrrepsLinear)]
+        self.updates = nn.ModuleList()
+        for layer in layers:
+            irreps_in = layer.linear.irreps_in
+            if layer.num_modalities > 1:  # the one-hots are the last input irreps
+                irreps_in = irreps_in[:-1]
+            weight = layer.linear.weight
+            update = PathLowRank(irreps_in, layer.linear.irreps_out, rank).to(device=weight.device, dtype=weight.dtype)
+            self.updates.append(update)
+            # a partial of a bound method, not a closure: a deep copy of the model hooks the copy
+            layer.linear.register_forward_hook(partial(self._add, update))
+
+    @contextmanager
+    def atoms(self, atom_fidelity: torch.Tensor):
+        """Each atom's fidelity index (N,) for the model calls inside the block."""
+        self._atom_fidelity = atom_fidelity
+        try:
+            yield
+        finally:
+            self._atom_fidelity = None
+
+    def _add(self, update: PathLowRank, module, args, output):
+        if self._atom_fidelity is None:
+            raise RuntimeError("a SevenNet low-rank update fired with no atom fidelities set: call the model through its Potential")
+        mine = (self._atom_fidelity == self.fidelity).unsqueeze(-1).to(output.dtype)
+        return output + mine * update(args[0])
