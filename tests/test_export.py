@@ -140,7 +140,8 @@ def test_export_command_and_calculator(water_potential, tmp_path, capsys):
 @pytest.mark.slow
 def test_exported_sevenn_mf0_equals_eager(tmp_path):
     """SevenNet-MF-0 (float32, through its adapter and the export context that keeps sevenn's
-    atom count symbolic) exports at each of its fidelities and agrees with the eager model on a
+    atom count symbolic) exports at each of its fidelities, and at an added one with a low-rank
+    update (its forward hooks traced into the file), and agrees with the eager model on a
     molecule, a crystal and a triclinic cell. In a fresh interpreter, as for the e3nn check."""
     pytest.importorskip("sevenn")
     in_fresh_interpreter(export_sevenn_mf0, tmp_path)
@@ -148,9 +149,13 @@ def test_exported_sevenn_mf0_equals_eager(tmp_path):
 
 def export_sevenn_mf0(tmp_path):
     from fidelity_adapters.third_party import load_sevenn
+    from fidelity_adapters.third_party.sevenn import add_fidelity, add_low_rank_update
 
     torch.set_num_threads(1)
-    potential = load_sevenn("7net-mf-0")
+    potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
+    with torch.no_grad():  # as if trained: the update changes SCAN's predictions
+        for parameter in add_low_rank_update(potential, "SCAN", rank=2).parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
     energies = []
     for fidelity in potential.fidelities:
         path = tmp_path / f"{fidelity}.pt2"
@@ -158,4 +163,4 @@ def export_sevenn_mf0(tmp_path):
         cases = [water_dimer(), rattled_si(repeat=2, shear=0.0), water_box(triclinic=True)]
         check_equal(potential, path, cases, fidelity, tolerances=(1e-5, 1e-4, 1e-3))  # float32
         energies.append(float(ExportedPotential(path, fidelity)(*graph_inputs(potential.graph(water_dimer(), fidelity)))[0]))
-    assert abs(energies[0] - energies[1]) > 1e-3  # each file holds its own fidelity
+    assert abs(energies[0] - energies[1]) > 1e-3 and abs(energies[0] - energies[2]) > 1e-3  # each file holds its own fidelity
