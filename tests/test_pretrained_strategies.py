@@ -48,6 +48,13 @@ def test_plain_fine_tuning_gets_as_many_steps_as_fine_tuning_with_replay(sweep):
     assert records["ft-mfi"]["optimizer_steps"] > 0
     assert records["ft-transfer"]["optimizer_steps"] == records["ft-mfi"]["optimizer_steps"]  # 2 epochs of 1 batch vs 1 of 2
     assert records["ft-mfi"]["replay"] == "distill" and records["ft-transfer"]["replay"] == "none"
+    assert records["ft-transfer"]["base_drift_force_mae"] > 0  # without replay the base level moves, and it is measured
+
+
+def test_plain_fine_tuning_trains_all_weights_whatever_ft_mfi_trains(tmp_path):
+    compare(settings(strategies=["ft-mfi", "ft-transfer"], finetune={"trainable": "adapter"}), tmp_path)
+    records = {r["strategy"]: r for r in read_results(tmp_path)["records"]}
+    assert records["ft-mfi"]["trainable"] == "adapter" and records["ft-transfer"]["trainable"] == "all"
 
 
 def test_the_target_is_a_new_level_beside_the_models_own(sweep):

@@ -8,7 +8,7 @@ weights, on the same split as the others: the model is `task.pretrained`, read a
   fine-tuned with replay of the base level (finetune.py; `task.finetune` sets replay, trainable,
   rank, ...): self-distillation by default, or with replay "data" the split's low-fidelity
   training structures at the base level (PBE data beside a MatPES-PBE model);
-- `ft-transfer`: plain fine-tuning at the target, no replay, no new fidelity, with the epochs
+- `ft-transfer`: plain fine-tuning at the target (all weights, no replay), with the epochs
   scaled so that it takes as many optimizer steps as `ft-mfi` with its replay;
 - `ft-delta`: the frozen foundation model plus a from-scratch model of the difference.
 
@@ -99,7 +99,7 @@ def fit_finetuned_mfi(task: Task) -> Fitted:
 
 
 def fit_finetuned_transfer(task: Task) -> Fitted:
-    return _finetuned(task, "plain fine-tuning", replay="none")
+    return _finetuned(task, "plain fine-tuning", replay="none", trainable="all")  # whatever `finetune` sets for ft-mfi
 
 
 def fit_foundation_delta(task: Task) -> Fitted:
