@@ -176,7 +176,9 @@ def test_sevenn_adapter_trains_a_low_rank_update_and_keeps_the_base_exactly(clus
     scan, _ = clusters
     result = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="adapter", rank=2))
     report, tuned = result.report, result.potential.backbone
-    assert report["after"]["base_held_out"]["force_mae"] == 0  # the base level is the pretrained model's, exactly
+    # the base level is the pretrained model's: float32 summation order apart (2e-7 eV/A on 2 threads), against
+    # tens of meV/A when the shared weights train
+    assert report["after"]["base_held_out"]["force_mae"] < 1e-5
     assert report["after"]["target_val"]["force_mae"] != report["before"]["target_val"]["force_mae"]
     original = load_pretrained("sevenn:7net-mf-0", add=["SCAN"]).backbone.model.state_dict()
     assert all(torch.equal(value, original[key]) for key, value in tuned.model.state_dict().items())
