@@ -136,8 +136,9 @@ class SevennBackbone(ThirdPartyBackbone):
             modal = self.modal_index[graph.fidelity.reshape(-1)]
             data[KEY.MODAL_TYPE] = modal
         with ExitStack() as stack:
+            atom_fidelity = graph.fidelity.reshape(-1)[batch] if len(self.fidelity_updates) else None
             for update in self.fidelity_updates:
-                stack.enter_context(update.atoms(graph.fidelity.reshape(-1)[batch]))
+                stack.enter_context(update.atoms(atom_fidelity))
             for module in self.model:
                 if isinstance(module, AtomReduce):  # sevenn sums the energy here; then its own forces
                     break
