@@ -1,16 +1,20 @@
-"""Pretrained potentials adapted to liquid water at DC-r2SCAN with two labelled frames
-(issue 13, item 5, a first CPU-sized slice): zero-shot foundation models against the same
+"""Pretrained potentials adapted to liquid water at a new level of theory with a few labelled
+frames (issue 13, item 5, CPU-sized slices): zero-shot foundation models against the same
 models fine-tuned with and without replay, on the same split.
 
     python examples/pretrained_water_finetune.py [--data ../shared/data/water/dcr2scan_paesani.extxyz.gz]
         [--out docs/results/pretrained/water_dcr2scan] [--train-frames 2] [--epochs 8] [--seed 0]
+    python examples/pretrained_water_finetune.py --data ../shared/data/water/scan_csiprinceton.extxyz.gz \
+        --target SCAN --start 1781 --every 1 --test-frames 20 --val-frames 2 --train-frames 6 \
+        --runs sevenn-zero-shot sevenn-adapter sevenn-transfer --lr 1e-3 --epochs 10 --out ...
 
-Frames: every 72nd of the shared DC-r2SCAN set (31 frames of 768 atoms, 198-368 K); a seeded
-permutation gives 3 test frames, 1 validation frame and the first `train_frames` training
-frames (2 of 31 is about 5 %). Zero-shot energies are compared after a per-element offset
-fitted on the training frames (the codes' energy zeros differ); fine-tuned models get the
-same correction inside finetune(). Every fine-tuning run has the same epochs, learning rate
-and batch size; its optimizer steps are in the table (replay doubles the steps per epoch).
+Frames: `--start`, then every `--every`-th frame of the file (default: every 72nd of the shared
+DC-r2SCAN set, 31 frames of 768 atoms, 198-368 K); a seeded permutation gives the test frames,
+the validation frames and the first `train_frames` training frames. Zero-shot energies are
+compared after a per-element offset fitted on the training frames (the codes' energy zeros
+differ); fine-tuned models get the same correction inside finetune(). Every fine-tuning run has
+the same epochs, learning rate and batch size; its optimizer steps are in the table (replay
+doubles the steps per epoch).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -30,57 +35,74 @@ from fidelity_adapters.finetune import FinetuneConfig, finetune, refit_reference
 from fidelity_adapters.pretrained import entry, load_pretrained
 from fidelity_adapters.training import TrainConfig
 
-TARGET = "DC-r2SCAN"
-RUNS = [  # label, pretrained, base, finetune settings (None: zero-shot)
-    ("zero-shot", "matgl:M3GNet-MatPES-r2SCAN-v2025.1", "r2SCAN", None),
-    ("zero-shot", "matgl:M3GNet-MatPES-PBE-v2025.1", "PBE", None),
-    ("zero-shot", "sevenn:7net-mf-0", "r2SCAN", None),
-    ("fine-tune, no replay (transfer)", "matgl:M3GNet-MatPES-r2SCAN-v2025.1", "r2SCAN", dict(replay="none")),
-    ("mfi adapter, distill replay, all weights", "matgl:M3GNet-MatPES-r2SCAN-v2025.1", "r2SCAN", dict(replay="distill")),
-    ("mfi adapter, distill replay, adapter only", "matgl:M3GNet-MatPES-r2SCAN-v2025.1", "r2SCAN",
-     dict(replay="distill", trainable="adapter")),
-    ("mfi adapter, distill replay, all weights", "matgl:M3GNet-MatPES-PBE-v2025.1", "PBE", dict(replay="distill")),
-]  # fmt: skip
+MATPES_R2SCAN, MATPES_PBE, SEVENN_MF0 = "matgl:M3GNet-MatPES-r2SCAN-v2025.1", "matgl:M3GNet-MatPES-PBE-v2025.1", "sevenn:7net-mf-0"
+RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot)
+    "matpes-r2scan-zero-shot": ("zero-shot", MATPES_R2SCAN, "r2SCAN", None),
+    "matpes-pbe-zero-shot": ("zero-shot", MATPES_PBE, "PBE", None),
+    "sevenn-zero-shot": ("zero-shot", SEVENN_MF0, "r2SCAN", None),
+    "matpes-r2scan-transfer": ("fine-tune, no replay (transfer)", MATPES_R2SCAN, "r2SCAN", dict(replay="none")),
+    "matpes-r2scan-mfi": ("mfi adapter, distill replay, all weights", MATPES_R2SCAN, "r2SCAN", dict(replay="distill")),
+    "matpes-r2scan-mfi-adapter": ("mfi adapter, distill replay, adapter only", MATPES_R2SCAN, "r2SCAN",
+                                  dict(replay="distill", trainable="adapter")),
+    "matpes-pbe-mfi": ("mfi adapter, distill replay, all weights", MATPES_PBE, "PBE", dict(replay="distill")),
+    "sevenn-adapter": ("mfi, low-rank adapter rank 8, no replay", SEVENN_MF0, "r2SCAN",
+                       dict(replay="none", trainable="adapter", rank=8)),
+    "sevenn-transfer": ("fine-tune, no replay (transfer)", SEVENN_MF0, "r2SCAN", dict(replay="none")),
+}  # fmt: skip
+DEFAULT_RUNS = ["matpes-r2scan-zero-shot", "matpes-pbe-zero-shot", "sevenn-zero-shot", "matpes-r2scan-transfer",
+                "matpes-r2scan-mfi", "matpes-r2scan-mfi-adapter", "matpes-pbe-mfi"]  # fmt: skip
 
 
-def zero_shot(name, base, train, test):
-    potential = load_pretrained(name, add=[TARGET], like=base)
+def zero_shot(name, base, target, train, test):
+    potential = load_pretrained(name, add=[target], like=base)
     refit_references_around(potential, train)  # the per-element offset between the codes, from the training frames
-    return {"test": errors(potential, test, TARGET), "steps": 0}
+    return {"test": errors(potential, test, target), "steps": 0}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/water/dcr2scan_paesani.extxyz.gz"))
     parser.add_argument("--out", default="docs/results/pretrained/water_dcr2scan")
+    parser.add_argument("--target", default="DC-r2SCAN", help="the level of the frames (frames without one count as it)")
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--every", type=int, default=72)
+    parser.add_argument("--limit", type=int, help="at most this many frames from --start")
+    parser.add_argument("--test-frames", type=int, default=3)
+    parser.add_argument("--val-frames", type=int, default=1)
     parser.add_argument("--train-frames", type=int, default=2)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=DEFAULT_RUNS)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    frames = read_structures(args.data, every=72, default_fidelity=TARGET)
+    frames = read_structures(args.data, every=args.every, start=args.start, limit=args.limit, default_fidelity=args.target)
+    n_test, n_val = args.test_frames, args.val_frames
+    if n_test + n_val + args.train_frames > len(frames):
+        raise ValueError(f"{args.data}: {len(frames)} frames read, fewer than {n_test} test + {n_val} validation + "
+                         f"{args.train_frames} training frames")  # fmt: skip
     order = np.random.default_rng(args.seed).permutation(len(frames))
-    test, val = [frames[k] for k in order[:3]], [frames[k] for k in order[3:4]]
-    train = [frames[k] for k in order[4 : 4 + args.train_frames]]
+    test, val = [frames[k] for k in order[:n_test]], [frames[k] for k in order[n_test : n_test + n_val]]
+    train = [frames[k] for k in order[n_test + n_val : n_test + n_val + args.train_frames]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for label, name, base, settings in RUNS:
+    for key in args.runs:
+        label, name, base, settings = RUNS[key]
         if entry(name).locate()[0] is None:
             print(f"skipped {name}: {entry(name).locate()[1]}")
             continue
         start = time.time()
         if settings is None:
-            record = zero_shot(name, base, train, test)
+            record = zero_shot(name, base, args.target, train, test)
         else:
             config = FinetuneConfig(
                 train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=1, seed=args.seed, progress=False),
                 **settings,
             )
-            result = finetune(name, TARGET, train, val, config, base_fidelity=base)
-            record = {"test": errors(result.potential, test, TARGET), "steps": result.report["optimizer_steps"],
+            result = finetune(name, args.target, train, val, config, base_fidelity=base)
+            record = {"test": errors(result.potential, test, args.target), "steps": result.report["optimizer_steps"],
                       "base_held_out": result.report["after"].get("base_held_out"),
                       "base_held_out_before": result.report["before"].get("base_held_out")}  # fmt: skip
         record.update(label=label, pretrained=name, base=base, seconds=round(time.time() - start, 1))
@@ -88,10 +110,10 @@ def main(argv=None):
         print(json.dumps(record, default=float))
         (out / "results.json").write_text(json.dumps(records, indent=1, default=float))
     lines = [
-        f"DC-r2SCAN liquid water, {len(train)} training frames of 768 atoms (of {len(frames)}: every 72nd frame of the "
-        f"shared set), 1 validation, 3 test frames; seed {args.seed}; {args.epochs} epochs, lr {args.lr}, batch 1; "
-        f"torch {torch.__version__}, {args.threads} threads, {platform.machine()} CPU. "
-        "Command: `python examples/pretrained_water_finetune.py`.",
+        f"{args.target} liquid water, {len(train)} training frames of {len(train[0])} atoms (of {len(frames)}: from frame "
+        f"{args.start}, step {args.every}, of {Path(args.data).name}), {n_val} validation, {n_test} test frames; seed "
+        f"{args.seed}; {args.epochs} epochs, lr {args.lr}, batch 1; torch {torch.__version__}, {args.threads} threads, "
+        f"{platform.machine()} CPU. Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
         "",
         "| model | pretrained | base | test E MAE (meV/atom) | test F MAE (meV/A) | steps | base-level drift F (meV/A) | time (s) |",
         "|---|---|---|---|---|---|---|---|",

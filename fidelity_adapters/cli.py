@@ -370,6 +370,14 @@ def _check_val_fraction(value: float) -> None:
         raise ValueError(f"--val-fraction {value}: must be between 0 and 1 (exclusive)")
 
 
+def _default_replay(library: str, trainable: str, replay_data: list) -> str:
+    """The replay that does something for this choice: a SevenNet adapter keeps the base level
+    exactly, so it needs none (given base-level data still asks for "data", which then errors)."""
+    if replay_data:
+        return "data"
+    return "none" if library == "sevenn" and trainable == "adapter" else "distill"
+
+
 def _finetune(args) -> None:
     from .data import read_structures
     from .finetune import FinetuneConfig, finetune
@@ -390,7 +398,7 @@ def _finetune(args) -> None:
     val_ids, train_ids = split_indices(len(target), [args.val_fraction, 1 - args.val_fraction], args.seed)
     if len(val_ids) == 0:
         val_ids, train_ids = train_ids[:1], train_ids[1:]
-    mode = args.replay or ("data" if replay else "distill")
+    mode = args.replay or _default_replay(entry(args.pretrained).library, args.trainable, replay)
     config = FinetuneConfig(
         train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
                           force_weight=args.force_weight, patience=args.patience, seed=args.seed),
@@ -623,7 +631,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--target", required=True, help="fidelity to fine-tune (added beside the base if new)")
     ft.add_argument("--base-fidelity", help="the pretrained level to keep (default: the model's first)")
     ft.add_argument("--out", required=True)
-    ft.add_argument("--replay", choices=["data", "distill", "none"], help="default: data if base-level frames are given, else distill")
+    ft.add_argument("--replay", choices=["data", "distill", "none"], help="default: data if base-level frames are given, else none for a SevenNet adapter and distill otherwise")
     ft.add_argument("--replay-data", nargs="+", default=[], help="extxyz files at the base level")
     ft.add_argument("--replay-ratio", type=float, default=1.0, help="replay structures per target training structure")
     ft.add_argument("--replay-weight", type=float, default=1.0, help="loss weight of the replay structures")

@@ -186,3 +186,15 @@ def test_sevenn_adapter_trains_a_low_rank_update_and_keeps_the_base_exactly(clus
     assert update.rank == 2 and any(p.abs().sum() > 0 for p in update.updates[0].b)  # B moved from zero
     with pytest.raises(ValueError, match="would do nothing with trainable='adapter'"):
         finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="distill", trainable="adapter"))
+
+
+def test_cli_default_replay_follows_the_trainable_choice():
+    """The CLI's default replay is the one that does something: none for a SevenNet adapter
+    (its base level is exact), distill otherwise, and data whenever base-level frames are given
+    (a SevenNet adapter then errors in finetune rather than ignoring them)."""
+    from fidelity_adapters.cli import _default_replay
+
+    assert _default_replay("sevenn", "adapter", []) == "none"
+    assert _default_replay("sevenn", "all", []) == "distill"
+    assert _default_replay("matgl", "adapter", []) == "distill"
+    assert _default_replay("sevenn", "adapter", ["a base frame"]) == "data"
