@@ -31,7 +31,7 @@ import torch
 
 from fidelity_adapters import read_structures
 from fidelity_adapters.evaluation import errors
-from fidelity_adapters.finetune import FinetuneConfig, finetune, refit_references_around
+from fidelity_adapters.finetune import FinetuneConfig, finetune
 from fidelity_adapters.pretrained import entry, load_pretrained
 from fidelity_adapters.training import TrainConfig
 
@@ -55,7 +55,7 @@ DEFAULT_RUNS = ["matpes-r2scan-zero-shot", "matpes-pbe-zero-shot", "sevenn-zero-
 
 def zero_shot(name, base, target, train, test):
     potential = load_pretrained(name, add=[target], like=base)
-    refit_references_around(potential, train)  # the per-element offset between the codes, from the training frames
+    potential.fit_references(train, refit_scale=False, around_network=True)  # the per-element offset between the codes, from the training frames
     return {"test": errors(potential, test, target), "steps": 0}
 
 

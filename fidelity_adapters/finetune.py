@@ -41,7 +41,6 @@ from .evaluation import errors
 from .low_rank import add_low_rank_updates, merge_in_place
 from .potential import Potential
 from .pretrained import entry, load_pretrained
-from .references import fit_elemental_energies
 from .serialization import atomic_write, save_potential
 from .training import TrainConfig, split_indices, train
 
@@ -89,27 +88,6 @@ def distilled(model: Potential, structures: Sequence[LabelledStructure], fidelit
     ]  # fmt: skip
     predictions = model.predict(moved, fidelity)
     return [replace(s, energy=p["energy"], forces=p["forces"]) for s, p in zip(moved, predictions)]
-
-
-def refit_references_around(potential: Potential, structures: Sequence[LabelledStructure]) -> None:
-    """Add to each fidelity's references the per-element correction that removes the mean
-    energy error of the current model on `structures` (least squares on composition). An
-    element absent from them, or a fidelity without energies there, keeps its references."""
-    labelled = [s for s in structures if s.has_energy]
-    if not labelled:
-        return
-    predicted = [p["energy"] for p in _predict_each(potential, labelled)]
-    residuals = [replace(s, energy=s.energy - e) for s, e in zip(labelled, predicted)]
-    correction = fit_elemental_energies(residuals, potential.elements, potential.fidelities)
-    table = potential.fidelity_state.elemental_energies.cpu().numpy() + correction
-    potential.fidelity_state.set_references(table, float(potential.fidelity_state.scale))
-
-
-def _predict_each(potential: Potential, structures: Sequence[LabelledStructure]) -> list[dict]:
-    out = []
-    for s in structures:
-        out.extend(potential.predict([s], s.fidelity))
-    return out
 
 
 def freeze_to_adapter(potential: Potential, target: str, rank: int) -> None:
@@ -193,7 +171,7 @@ def finetune(
 
     zero_shot = measured()
     # user data from another code has another energy zero, at the base level too: refit both
-    refit_references_around(potential, [*train_structures, *replay_train])
+    potential.fit_references([*train_structures, *replay_train], refit_scale=False, around_network=True)
     before = measured()
     if config.trainable == "adapter":
         freeze_to_adapter(potential, target, config.rank)

@@ -134,12 +134,15 @@ class Potential(nn.Module):
         """Fit per-fidelity elemental energies and (unless told not to: a fine-tuned network
         keeps the scale it was trained with) the energy scale on training structures.
 
-        `around_network=True` fits the references to what the network leaves unexplained
-        (label minus network_energies), for a network that is already trained: fine-tuning
-        then starts unbiased on these structures instead of having to unlearn the network's
-        mean output on a new level of theory, and a trained model loses the mean energy error
-        on its training set that a loss dominated by forces leaves. A fidelity without energy
-        labels among `structures` then keeps the references it has."""
+        `around_network=True` corrects the references by what the network and they leave
+        unexplained (label minus predicted energy), for a network that is already trained:
+        fine-tuning then starts unbiased on these structures instead of having to unlearn the
+        network's mean output on a new level of theory, and a trained model loses the mean energy
+        error on its training set that a loss dominated by forces leaves. The correction is the
+        minimum-norm one, so it moves the references only along the compositions of
+        `structures`: a pretrained model refitted on water keeps what its references say about
+        other elements and ratios. A fidelity without energy labels among `structures` keeps
+        its references."""
         if not around_network:
             sums = ReferenceSums.of(structures, self.elements, self.fidelities)
             scale = sums.force_scale() if refit_scale else float(self.fidelity_state.scale)
@@ -152,18 +155,16 @@ class Potential(nn.Module):
         for chunk in chunks(structures, 64):  # a stream from disk is read once, a chunk at a time
             labelled = [s for s in chunk if s.has_energy]
             for s, e in zip(labelled, self.network_energies(labelled)):
-                residuals.add(s, energy=s.energy - e)
-        table = residuals.energies()
-        # a fitted fidelity's references are valid where its old ones were (if it had any),
+                reference = residuals.counts(s) @ current[self.fidelity_state.index(s.fidelity)]
+                residuals.add(s, energy=s.energy - e - reference)
+        # a corrected fidelity's references are valid where its old ones were (if it had any),
         # else only on the span of the data just fitted
         span = self.fidelity_state.reference_span.cpu().numpy()
         data_span = residuals.spans()
         for f in range(len(self.fidelities)):
-            if not residuals.labelled[f]:
-                table[f] = current[f]
-            elif not current[f].any():
+            if residuals.labelled[f] and not current[f].any():
                 span[f] = data_span[f]
-        self.fidelity_state.set_references(table, scale, span)
+        self.fidelity_state.set_references(current + residuals.energies(), scale, span)
 
     def network_energy(self, batch) -> torch.Tensor:
         """scale * sum_i e_i per structure of a batch: its energy without the elemental

@@ -271,6 +271,36 @@ def test_refit_around_the_network_keeps_references_of_a_fidelity_it_has_no_energ
     assert abs(_offset_per_atom(potential, data, "hi")) < 1e-9
 
 
+def test_refit_around_the_network_moves_references_only_along_the_refit_compositions():
+    """A model whose references know H, C and O (fitted on H2O, CH4, CO2 and H2) refitted on
+    water alone, as a pretrained model is refitted on a user's water: the water energies become
+    unbiased, C's reference stays, and the references change only along water's composition
+    (H:O = 2:1), so what they said about other ratios is kept, not replaced by water's
+    minimum-norm split."""
+    from ase.build import molecule
+
+    potential = small_potential(["H", "C", "O"], ["lo"])
+    rng = np.random.default_rng(0)
+    frames = [(name, molecule(name)) for name in ("H2O", "CH4", "CO2", "H2") for _ in range(2)]
+    for _, atoms in frames:
+        atoms.rattle(0.05, seed=int(rng.integers(1000)))
+    energy = {"H": -13.6, "C": -1030.0, "O": -2040.0}
+    first = [labelled(a, "lo", sum(energy[x] for x in a.get_chemical_symbols()) + rng.normal(0, 0.01),
+                      np.zeros((len(a), 3)), f"{name} {k}") for k, (name, a) in enumerate(frames)]  # fmt: skip
+    potential.fit_references(first)
+    before = potential.fidelity_state.elemental_energies[0].clone()
+    waters = [labelled(a, "lo", s.energy + 1.0, np.zeros((len(a), 3)), f"water {k}")
+              for k, ((name, a), s) in enumerate(zip(frames, first)) if name == "H2O"]  # fmt: skip
+    bias = lambda: np.mean([p["energy"] - s.energy for p, s in zip(potential.predict(waters, "lo"), waters)])  # noqa: E731
+    assert abs(bias()) > 0.5  # the 1 eV shift and the network's output: the test can fail
+    potential.fit_references(waters, refit_scale=False, around_network=True)
+    assert bias() == pytest.approx(0.0, abs=1e-9)
+    change = (potential.fidelity_state.elemental_energies[0] - before).numpy()
+    water = np.array([2.0, 0.0, 1.0])  # H, C, O
+    assert change[1] == 0.0  # C is not in the water
+    np.testing.assert_allclose(change - water * (change @ water) / (water @ water), 0.0, atol=1e-9)
+
+
 def test_training_leaves_the_callers_random_state_and_float64_models_are_float64_throughout():
     data = emt_structures(12)
     potential = cu_potential()

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from ..data import LabelledStructure
-from ..finetune import FinetuneConfig, finetune, refit_references_around
+from ..finetune import FinetuneConfig, finetune
 from ..potential import Potential
 from ..pretrained import entry, load_pretrained
 from ..training import train
@@ -54,7 +54,7 @@ def _foundation_with_offset(task: Task) -> tuple[Potential, str]:
     offset that removes its mean energy error on the high-fidelity training structures."""
     base = _base(task)
     potential = load_pretrained(task.pretrained)
-    refit_references_around(potential, _hifi_sets(task, base)[0])
+    potential.fit_references(_hifi_sets(task, base)[0], refit_scale=False, around_network=True)
     return potential, base
 
 
