@@ -154,9 +154,8 @@ class Potential(nn.Module):
         residuals = ReferenceSums(self.elements, self.fidelities)
         for chunk in chunks(structures, 64):  # a stream from disk is read once, a chunk at a time
             labelled = [s for s in chunk if s.has_energy]
-            for s, e in zip(labelled, self.network_energies(labelled)):
-                reference = residuals.counts(s) @ current[self.fidelity_state.index(s.fidelity)]
-                residuals.add(s, energy=s.energy - e - reference)
+            for s, e in zip(labelled, self.energies(labelled)):
+                residuals.add(s, energy=s.energy - e)
         # a corrected fidelity's references are valid where its old ones were (if it had any),
         # else only on the span of the data just fitted
         span = self.fidelity_state.reference_span.cpu().numpy()
@@ -175,12 +174,12 @@ class Potential(nn.Module):
         return energy - torch.zeros_like(energy).index_add(0, batch.batch, reference)
 
     @torch.no_grad()
-    def network_energies(self, structures: Sequence[LabelledStructure], batch_size: int = 16) -> np.ndarray:
-        """network_energy of each structure at its own fidelity, as numpy."""
+    def energies(self, structures: Sequence[LabelledStructure], batch_size: int = 16) -> np.ndarray:
+        """Predicted energy of each structure at its own fidelity (no forces), as numpy."""
         values = []
         for start in range(0, len(structures), batch_size):
             batch = Batch.from_data_list([self.graph(s) for s in structures[start : start + batch_size]])
-            values.extend(self.network_energy(batch).cpu().tolist())
+            values.extend(self(batch, forces=False)["energy"].cpu().tolist())
         return np.array(values)
 
     def run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:

@@ -55,17 +55,12 @@ class ReferenceSums:
         f = self.row.get(s.fidelity)
         if f is None or not np.isfinite(energy):
             return
-        counts = self.counts(s)
+        counts = np.zeros(len(self.column))
+        for z, n in zip(*np.unique(s.numbers, return_counts=True)):
+            counts[self.column[int(z)]] = n
         self.gram[f] += np.outer(counts, counts)
         self.moment[f] += counts * energy
         self.labelled[f] += 1
-
-    def counts(self, structure: LabelledStructure) -> np.ndarray:
-        """The structure's number of atoms of each element, in the order of the columns."""
-        counts = np.zeros(len(self.column))
-        for z, n in zip(*np.unique(structure.numbers, return_counts=True)):
-            counts[self.column[int(z)]] = n
-        return counts
 
     def _basis(self, f: int) -> tuple[np.ndarray, np.ndarray]:
         values, vectors = np.linalg.eigh(self.gram[f])
