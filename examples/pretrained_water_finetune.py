@@ -53,13 +53,10 @@ DEFAULT_RUNS = ["matpes-r2scan-zero-shot", "matpes-pbe-zero-shot", "sevenn-zero-
                 "matpes-r2scan-mfi", "matpes-r2scan-mfi-adapter", "matpes-pbe-mfi"]  # fmt: skip
 
 
-TEST_BATCH = 2  # frames predicted at a time: SevenNet on 16 frames of 192 atoms with forces takes over 16 GB
-
-
 def zero_shot(name, base, target, train, test):
     potential = load_pretrained(name, add=[target], like=base)
     potential.fit_references(train, refit_scale=False, around_network=True)  # the per-element offset between the codes, from the training frames
-    return {"test": errors(potential, test, target, batch_size=TEST_BATCH), "steps": 0}
+    return {"test": errors(potential, test, target), "steps": 0}
 
 
 def main(argv=None):
@@ -105,7 +102,7 @@ def main(argv=None):
                 **settings,
             )
             result = finetune(name, args.target, train, val, config, base_fidelity=base)
-            record = {"test": errors(result.potential, test, args.target, batch_size=TEST_BATCH), "steps": result.report["optimizer_steps"],
+            record = {"test": errors(result.potential, test, args.target), "steps": result.report["optimizer_steps"],
                       "base_held_out": result.report["after"].get("base_held_out"),
                       "base_held_out_before": result.report["before"].get("base_held_out")}  # fmt: skip
         record.update(label=label, pretrained=name, base=base, seconds=round(time.time() - start, 1))

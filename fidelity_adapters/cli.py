@@ -371,11 +371,13 @@ def _check_val_fraction(value: float) -> None:
 
 
 def _default_replay(library: str, trainable: str, replay_data: list) -> str:
-    """The replay that does something for this choice: a SevenNet adapter keeps the base level
-    exactly, so it needs none (given base-level data still asks for "data", which then errors)."""
+    """The replay that does something for this choice (given base-level data asks for "data",
+    which finetune refuses where the base level is kept exactly)."""
+    from .finetune import keeps_base_exactly
+
     if replay_data:
         return "data"
-    return "none" if library == "sevenn" and trainable == "adapter" else "distill"
+    return "none" if keeps_base_exactly(library, trainable) else "distill"
 
 
 def _finetune(args) -> None:

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .data import LabelledStructure, select
+from .potential import INFERENCE_ATOMS
 
 
 def parity_arrays(structures: Sequence[LabelledStructure], predictions: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -45,12 +46,12 @@ def energy_bias(parity) -> float:
     return float(error.mean()) if error.size else float("nan")
 
 
-def errors(potential, structures: Sequence[LabelledStructure], fidelity: str, batch_size: int = 16) -> dict:
+def errors(potential, structures: Sequence[LabelledStructure], fidelity: str, batch_size: int = 16, max_atoms: int = INFERENCE_ATOMS) -> dict:
     """Energy MAE and bias per atom (eV/atom) and force MAE (eV/A, over components) at
     `fidelity`, counting only the labels each structure has."""
     potential.fidelity_state.index(fidelity)
     chosen = select(structures, fidelity)
     if not chosen:
         raise ValueError(f"no structures of fidelity {fidelity!r} in the data (found {sorted({s.fidelity for s in structures})})")
-    predictions = potential.predict(chosen, fidelity, batch_size=batch_size)
+    predictions = potential.predict(chosen, fidelity, batch_size=batch_size, max_atoms=max_atoms)
     return error_metrics(parity_arrays(chosen, predictions), len(chosen))

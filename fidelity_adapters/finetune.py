@@ -77,6 +77,12 @@ class FinetuneResult:
     report: dict
 
 
+def keeps_base_exactly(library: str | None, trainable: str) -> bool:
+    """A SevenNet adapter acts on the target's atoms only: the base level stays the pretrained
+    model's exactly, and replay has nothing to do."""
+    return library == "sevenn" and trainable == "adapter"
+
+
 def distilled(model: Potential, structures: Sequence[LabelledStructure], fidelity: str, rattle: float, seed: int) -> list:
     """The structures, rattled by `rattle` A (Gaussian, per component), labelled by `model` at
     `fidelity`: energies and forces of the frozen pretrained model, as base-level replay."""
@@ -139,7 +145,7 @@ def finetune(
     config.check()
     model = entry(name)
     base = model.level(base_fidelity, what="base fidelity")
-    if model.library == "sevenn" and config.trainable == "adapter" and config.replay != "none":
+    if keeps_base_exactly(model.library, config.trainable) and config.replay != "none":
         raise ValueError(f"replay={config.replay!r} would do nothing with trainable='adapter' on {name}: its update acts on the "
                          "target's atoms only and the base level stays the pretrained model's exactly; use replay='none'")  # fmt: skip
     for group, label in ((train_structures, "training"), (val_structures, "validation")):

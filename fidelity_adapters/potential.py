@@ -25,6 +25,8 @@ from .graph import AtomicGraph, build_graph
 from .injection import FidelityInjector, check_fidelity_reaches_output
 from .references import ReferenceSums, force_scale
 
+INFERENCE_ATOMS = 1024  # atoms per inference batch by default (see Potential.batches)
+
 
 @contextmanager
 def _parameters_frozen(module: nn.Module):
@@ -173,12 +175,30 @@ class Potential(nn.Module):
         reference = self.fidelity_state.reference_energy(batch.species, batch.fidelity[batch.batch])
         return energy - torch.zeros_like(energy).index_add(0, batch.batch, reference)
 
+    def batches(self, structures, fidelity: str | None, batch_size: int = 16, max_atoms: int = INFERENCE_ATOMS):
+        """(batch, its structures) for inference: consecutive structures, at most `batch_size`
+        of them and `max_atoms` atoms together (a larger structure goes alone), because memory
+        grows with atoms: 16 frames of 192 waters took SevenNet-MF-0 past 16 GB with forces."""
+        if batch_size < 1 or max_atoms < 1:
+            raise ValueError(f"batch_size and max_atoms must be >= 1, not {batch_size} and {max_atoms}")
+        chosen, atoms = [], 0
+        for structure in structures:
+            if chosen and (len(chosen) == batch_size or atoms + len(structure) > max_atoms):
+                yield self._batch_of(chosen, fidelity), chosen
+                chosen, atoms = [], 0
+            chosen.append(structure)
+            atoms += len(structure)
+        if chosen:
+            yield self._batch_of(chosen, fidelity), chosen
+
+    def _batch_of(self, structures: list, fidelity: str | None) -> Batch:
+        return self._as_batch(Batch.from_data_list([self.graph(s, fidelity) for s in structures]))
+
     @torch.no_grad()
-    def energies(self, structures: Sequence[LabelledStructure], batch_size: int = 16) -> np.ndarray:
+    def energies(self, structures: Sequence[LabelledStructure], batch_size: int = 16, max_atoms: int = INFERENCE_ATOMS) -> np.ndarray:
         """Predicted energy of each structure at its own fidelity (no forces), as numpy."""
         values = []
-        for start in range(0, len(structures), batch_size):
-            batch = Batch.from_data_list([self.graph(s) for s in structures[start : start + batch_size]])
+        for batch, _ in self.batches(structures, None, batch_size, max_atoms):
             values.extend(self(batch, forces=False)["energy"].cpu().tolist())
         return np.array(values)
 
@@ -236,17 +256,14 @@ class Potential(nn.Module):
                 out["stress"] = _stress(grads[-1], batch.cell.to(dtype))
         return out
 
-    def predict(self, structures, fidelity: str, batch_size: int = 16, stress: bool = False) -> list[dict]:
+    def predict(self, structures, fidelity: str, batch_size: int = 16, stress: bool = False, max_atoms: int = INFERENCE_ATOMS) -> list[dict]:
         """Energies, forces (and stress) of structures at the named fidelity, as numpy."""
         self.fidelity_state.index(fidelity)
         results = []
-        for start in range(0, len(structures), batch_size):
-            graphs = [self.graph(s, fidelity) for s in structures[start : start + batch_size]]
-            batch = Batch.from_data_list(graphs)
+        for batch, chosen in self.batches(structures, fidelity, batch_size, max_atoms):
             out = self(batch, forces=True, stress=stress)
-            counts = batch.natoms.tolist()
-            forces = torch.split(out["forces"].detach(), counts)
-            for k in range(len(graphs)):
+            forces = torch.split(out["forces"].detach(), batch.natoms.tolist())
+            for k in range(len(chosen)):
                 item = {"energy": float(out["energy"][k].detach()), "forces": forces[k].cpu().numpy().astype(np.float64)}
                 if stress:
                     item["stress"] = out["stress"][k].detach().cpu().numpy().astype(np.float64)
@@ -254,14 +271,13 @@ class Potential(nn.Module):
         return results
 
     @torch.no_grad()
-    def structure_features(self, structures, fidelity: str, batch_size: int = 16) -> np.ndarray:
+    def structure_features(self, structures, fidelity: str, batch_size: int = 16, max_atoms: int = INFERENCE_ATOMS) -> np.ndarray:
         """One vector per structure: mean and standard deviation over atoms of the backbone's
         last atom features. Describes structures for DIRECT sampling."""
         if not hasattr(self.backbone, "node_features"):
             raise ValueError(f"{type(self.backbone).__name__} offers no node_features() to describe structures with")
         rows = []
-        for start in range(0, len(structures), batch_size):
-            batch = self._as_batch(Batch.from_data_list([self.graph(s, fidelity) for s in structures[start : start + batch_size]]))
+        for batch, _ in self.batches(structures, fidelity, batch_size, max_atoms):
             pos, cell = batch.pos.to(self.dtype), batch.cell.to(self.dtype)
             nodes = self.run_backbone(self.backbone.node_features, batch, edge_vectors_of(batch, pos, cell))
             for atoms in torch.split(nodes, batch.natoms.tolist()):

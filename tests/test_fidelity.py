@@ -1,4 +1,4 @@
-"""FidelityState and wrap(): names, errors, references, the fidelity reaching the output."""
+"""FidelityState and wrap(): names, errors, references, the fidelity reaching the output; inference batches."""
 
 import warnings
 
@@ -169,3 +169,20 @@ def test_composition_outside_the_fitted_span_is_flagged(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         potential.graph(Atoms("O2", positions=[[0, 0, 0], [0, 0, 1.2]]), "PBE")
+
+
+def test_inference_batches_hold_at_most_max_atoms_and_give_the_same_predictions(si_potential):
+    structures = [from_atoms(a, "PBE") for a in (rattled_si(seed=0), rattled_si(seed=1), rattled_si(2), rattled_si(seed=2))]
+    sizes = lambda **limits: [[len(s) for s in chosen] for _, chosen in si_potential.batches(structures, "PBE", **limits)]  # noqa: E731
+    assert sizes() == [[2, 2, 16, 2]]
+    assert sizes(max_atoms=5) == [[2, 2], [16], [2]]  # a structure over the budget goes alone
+    assert sizes(batch_size=3, max_atoms=100) == [[2, 2, 16], [2]]
+    calls = []
+    si_potential.backbone.register_forward_hook(lambda *_: calls.append(1))
+    together, apart = si_potential.predict(structures, "PBE"), si_potential.predict(structures, "PBE", max_atoms=1)
+    assert len(calls) == 1 + 4
+    for a, b in zip(together, apart):
+        assert a["energy"] == pytest.approx(b["energy"], rel=1e-12)
+        np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-12)
+    with pytest.raises(ValueError, match="max_atoms must be >= 1"):
+        si_potential.predict(structures, "PBE", max_atoms=0)

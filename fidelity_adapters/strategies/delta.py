@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data import LabelledStructure
-from ..potential import Potential
+from ..potential import INFERENCE_ATOMS, Potential
 from ..training import train
 from .lofi_model import lofi_model
 from .task import Fitted, Task
@@ -28,9 +28,10 @@ class DeltaPotential:
     def __init__(self, lofi: Potential, lofi_fidelity: str, delta: Potential):
         self.lofi, self.lofi_fidelity, self.delta = lofi, lofi_fidelity, delta
 
-    def predict(self, structures: Sequence[LabelledStructure], batch_size: int = 16, stress: bool = False) -> list[dict]:
-        base = self.lofi.predict(structures, self.lofi_fidelity, batch_size, stress)
-        correction = self.delta.predict(structures, DELTA, batch_size, stress)
+    def predict(self, structures: Sequence[LabelledStructure], batch_size: int = 16, stress: bool = False,
+                max_atoms: int = INFERENCE_ATOMS) -> list[dict]:  # fmt: skip
+        base = self.lofi.predict(structures, self.lofi_fidelity, batch_size, stress, max_atoms)
+        correction = self.delta.predict(structures, DELTA, batch_size, stress, max_atoms)
         return [{key: b[key] + c[key] for key in b} for b, c in zip(base, correction)]
 
 
