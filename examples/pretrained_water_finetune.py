@@ -48,6 +48,8 @@ RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot)
     "sevenn-adapter": ("mfi, low-rank adapter rank 8, no replay", SEVENN_MF0, "r2SCAN",
                        dict(replay="none", trainable="adapter", rank=8)),
     "sevenn-transfer": ("fine-tune, no replay (transfer)", SEVENN_MF0, "r2SCAN", dict(replay="none")),
+    "matpes-r2scan-lowrank-target": ("mfi, the target's own low-rank update rank 8, no replay", MATPES_R2SCAN, "r2SCAN",
+                                     dict(replay="none", trainable="lowrank-target", rank=8)),
 }  # fmt: skip
 DEFAULT_RUNS = ["matpes-r2scan-zero-shot", "matpes-pbe-zero-shot", "sevenn-zero-shot", "matpes-r2scan-transfer",
                 "matpes-r2scan-mfi", "matpes-r2scan-mfi-adapter", "matpes-pbe-mfi"]  # fmt: skip
@@ -103,7 +105,7 @@ def main(argv=None):
             )
             result = finetune(name, args.target, train, val, config, base_fidelity=base)
             record = {"test": errors(result.potential, test, args.target), "steps": result.report["optimizer_steps"],
-                      "base_held_out": result.report["after"].get("base_held_out"),
+                      "val": result.report["after"]["target_val"], "base_held_out": result.report["after"].get("base_held_out"),
                       "base_held_out_before": result.report["before"].get("base_held_out")}  # fmt: skip
         record.update(label=label, pretrained=name, base=base, seconds=round(time.time() - start, 1))
         records.append(record)

@@ -633,13 +633,15 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--target", required=True, help="fidelity to fine-tune (added beside the base if new)")
     ft.add_argument("--base-fidelity", help="the pretrained level to keep (default: the model's first)")
     ft.add_argument("--out", required=True)
-    ft.add_argument("--replay", choices=["data", "distill", "none"], help="default: data if base-level frames are given, else none for a SevenNet adapter and distill otherwise")
+    ft.add_argument("--replay", choices=["data", "distill", "none"], help="default: data if base-level frames are given, else none for lowrank-target or a SevenNet adapter, distill otherwise")
     ft.add_argument("--replay-data", nargs="+", default=[], help="extxyz files at the base level")
     ft.add_argument("--replay-ratio", type=float, default=1.0, help="replay structures per target training structure")
     ft.add_argument("--replay-weight", type=float, default=1.0, help="loss weight of the replay structures")
     ft.add_argument("--rattle", type=float, default=0.05, help="A; displacement of self-distillation copies")
-    ft.add_argument("--trainable", choices=["all", "adapter", "lowrank"], default="all")
-    ft.add_argument("--rank", type=int, default=8, help="rank of the low-rank updates (--trainable lowrank, or adapter on a SevenNet)")
+    ft.add_argument("--trainable", choices=["all", "adapter", "lowrank", "lowrank-target"], default="all",
+                    help="all; adapter (M3GNet: state path + readout; SevenNet: lowrank-target); lowrank (shared, merged); "
+                         "lowrank-target (the target's own update, the base level kept exactly)")
+    ft.add_argument("--rank", type=int, default=8, help="rank of the low-rank updates (lowrank, lowrank-target, or adapter on a SevenNet)")
     ft.add_argument("--epochs", type=int, default=20)
     ft.add_argument("--lr", type=float, default=1e-4)
     ft.add_argument("--batch-size", type=int, default=4)

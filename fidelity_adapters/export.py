@@ -38,6 +38,7 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import nn
 
 from .calculator import unlabelled_structure, voigt
+from .low_rank import weights_of_one_fidelity
 from .data import LabelledStructure
 from .graph import build_graph
 from .potential import edge_vectors_of
@@ -55,6 +56,9 @@ class FixedFidelityPotential(nn.Module):
         super().__init__()
         self.potential = copy.deepcopy(potential).eval().requires_grad_(False)
         self.fidelity_index = potential.fidelity_state.index(fidelity)
+        # one fidelity: its own low-rank update (if any) becomes plain weights
+        weights_of_one_fidelity(self.potential, list(self.potential.fidelity_low_rank), self.fidelity_index)
+        self.potential.fidelity_low_rank = nn.ModuleList()
         self.register_buffer("fidelity_id", torch.tensor([self.fidelity_index]))
         self.register_buffer("identity", torch.eye(3, dtype=torch.float64))
 

@@ -17,11 +17,12 @@ base-level "replay" structures:
   stays in the model, and plain fine-tuning moves it too).
 `replay_ratio` replay structures per target structure, `replay_weight` their loss weight.
 `trainable` picks what trains: "all"; "adapter" (matgl's M3GNet: the fidelity state path and
-the readout, the pretrained interaction weights as they are; SevenNet: a rank-`rank` update of
-every linear layer applied only to the target's atoms, third_party/sevenn_low_rank.py, every
-pretrained weight frozen, so the base level cannot drift at all); or "lowrank" (every linear
-layer of the backbone frozen with a trainable rank-`rank` update, low_rank.py, merged into the
-weights at the end; the fidelity embedding trains in full).
+the readout, the pretrained interaction weights as they are; SevenNet: "lowrank-target");
+"lowrank" (every linear layer of the backbone frozen with a trainable rank-`rank` update,
+low_rank.py, merged into the weights at the end; the fidelity embedding trains in full); or
+"lowrank-target" (the target's own rank-`rank` update of every linear layer, used for its
+structures only, Potential.add_low_rank_update; every pretrained weight frozen, so the base
+level cannot drift at all and needs no replay).
 The report gives target and base errors zero-shot, after the reference correction ("before"
 training) and after training, and the optimizer steps taken, for comparisons at equal budgets.
 """
@@ -45,7 +46,7 @@ from .serialization import atomic_write, save_potential
 from .training import TrainConfig, split_indices, train
 
 REPLAY_KINDS = ("data", "distill", "none")
-TRAINABLE = ("all", "adapter", "lowrank")
+TRAINABLE = ("all", "adapter", "lowrank", "lowrank-target")
 
 
 @dataclass
@@ -57,7 +58,7 @@ class FinetuneConfig:
     rattle: float = 0.05  # A, displacement of the rattled copies that self-distillation labels
     held_out_fraction: float = 0.2  # of the replay structures, kept out of training to measure forgetting
     trainable: str = "all"
-    rank: int = 8  # of the low-rank updates (trainable="lowrank", or "adapter" on a SevenNet)
+    rank: int = 8  # of the low-rank updates (trainable="lowrank" or "lowrank-target", or "adapter" on a SevenNet)
     state_dim: int = 16
 
     def check(self) -> None:
@@ -78,9 +79,10 @@ class FinetuneResult:
 
 
 def keeps_base_exactly(library: str | None, trainable: str) -> bool:
-    """A SevenNet adapter acts on the target's atoms only: the base level stays the pretrained
-    model's exactly, and replay has nothing to do."""
-    return library == "sevenn" and trainable == "adapter"
+    """The target's own low-rank update (a SevenNet's adapter is one) acts on the target's
+    structures only: the base level stays the pretrained model's exactly, and replay has
+    nothing to do."""
+    return trainable == "lowrank-target" or (library == "sevenn" and trainable == "adapter")
 
 
 def distilled(model: Potential, structures: Sequence[LabelledStructure], fidelity: str, rattle: float, seed: int) -> list:
@@ -103,10 +105,7 @@ def freeze_to_adapter(potential: Potential, target: str, rank: int) -> None:
     update MLPs only the state columns receive gradients."""
     backbone = potential.backbone
     if hasattr(backbone, "fidelity_updates"):
-        from .third_party.sevenn import add_low_rank_update
-
-        backbone.requires_grad_(False)
-        add_low_rank_update(potential, target, rank).requires_grad_(True)
+        freeze_to_target_update(potential, target, rank)
         return
     if getattr(backbone, "state_dim", 0) == 0:
         raise ValueError("trainable='adapter' needs a backbone with a fidelity state path (a matgl M3GNet import) or a SevenNet")
@@ -123,6 +122,12 @@ def freeze_to_adapter(potential: Potential, target: str, rank: int) -> None:
                 mask[:, -state_dim:] = 1
                 first.weight.requires_grad_(True)
                 first.weight.register_hook(lambda grad, mask=mask: grad * mask)
+
+
+def freeze_to_target_update(potential: Potential, target: str, rank: int) -> None:
+    """Only the target's own low-rank update trains; every other parameter is frozen."""
+    potential.requires_grad_(False)
+    potential.add_low_rank_update(target, rank).requires_grad_(True)
 
 
 def _split(structures: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -146,8 +151,8 @@ def finetune(
     model = entry(name)
     base = model.level(base_fidelity, what="base fidelity")
     if keeps_base_exactly(model.library, config.trainable) and config.replay != "none":
-        raise ValueError(f"replay={config.replay!r} would do nothing with trainable='adapter' on {name}: its update acts on the "
-                         "target's atoms only and the base level stays the pretrained model's exactly; use replay='none'")  # fmt: skip
+        raise ValueError(f"replay={config.replay!r} would do nothing with trainable={config.trainable!r} on {name}: its update acts "
+                         "on the target's structures only and the base level stays the pretrained model's exactly; use replay='none'")  # fmt: skip
     for group, label in ((train_structures, "training"), (val_structures, "validation")):
         wrong = sorted({s.fidelity for s in group} - {target})
         if not group or wrong:
@@ -183,6 +188,8 @@ def finetune(
         freeze_to_adapter(potential, target, config.rank)
     elif config.trainable == "lowrank":
         add_low_rank_updates(potential.backbone, config.rank)
+    elif config.trainable == "lowrank-target":
+        freeze_to_target_update(potential, target, config.rank)
 
     weights = {base: config.replay_weight, target: 1.0} if base != target else None
     train_config = replace(config.train, monitor=target, fidelity_weights=weights)

@@ -83,6 +83,7 @@ class Potential(nn.Module):
         self.fidelity_state = fidelity_state
         self.elements = _atomic_numbers(elements)
         self.injector = injector
+        self.fidelity_low_rank = nn.ModuleList()  # add_low_rank_update's (low_rank.FidelityLowRank)
         self.unfitted_composition = "warn"  # or "error" / "ignore": a composition outside the references' span
         exact_float64_constants(backbone)  # a backbone moved to float64 before it was wrapped
 
@@ -202,9 +203,51 @@ class Potential(nn.Module):
             values.extend(self(batch, forces=False)["energy"].cpu().tolist())
         return np.array(values)
 
+    def add_low_rank_update(self, fidelity: str, rank: int = 8) -> nn.Module:
+        """Give `fidelity` its own rank-`rank` update of every linear layer, used for its
+        structures only, and return it (trainable; freezing the rest is the caller's choice).
+        It starts at zero: the fidelity predicts what it did. Every other fidelity keeps its
+        predictions exactly, however the update trains."""
+        if hasattr(self.backbone, "fidelity_updates"):  # a SevenNet: e3nn layers, masked per atom
+            from .third_party.sevenn import add_low_rank_update
+
+            return add_low_rank_update(self, fidelity, rank)
+        from .low_rank import FidelityLowRank
+
+        index = self.fidelity_state.index(fidelity)
+        if any(u.fidelity == index for u in self.fidelity_low_rank):
+            raise ValueError(f"fidelity {fidelity!r} has a low-rank update already")
+        with torch.random.fork_rng(devices=[]):  # its random first factor leaves the caller's generator alone
+            update = FidelityLowRank(self.backbone, index, rank)
+        self.fidelity_low_rank.append(update)
+        return update
+
     def run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Call a backbone method with each structure's fidelity vector: as the global state,
-        or per atom on the injector's hooks (the backbone then gets no state)."""
+        or per atom on the injector's hooks (the backbone then gets no state). With low-rank
+        updates of their own, the fidelities of a batch run one at a time, each with its update."""
+        if not len(self.fidelity_low_rank):
+            return self._run_backbone(method, batch, edge_vectors)
+        updates = {u.fidelity: u for u in self.fidelity_low_rank}
+        node_fidelity = batch.fidelity[batch.batch]
+        edge_fidelity = node_fidelity[batch.edge_index[0]]
+        present = batch.fidelity.unique().tolist()
+        atomic = None
+        for fidelity in present:
+            if len(present) == 1:
+                part, vectors = batch, edge_vectors
+            else:
+                part = Batch.from_data_list(batch.index_select((batch.fidelity == fidelity).nonzero().squeeze(1)))
+                vectors = edge_vectors[edge_fidelity == fidelity]
+            with updates[fidelity].applied() if fidelity in updates else nullcontext():
+                out = self._run_backbone(method, part, vectors)
+            if len(present) == 1:
+                return out
+            atomic = out.new_zeros((len(node_fidelity), *out.shape[1:])) if atomic is None else atomic
+            atomic = atomic.index_put(((node_fidelity == fidelity).nonzero().squeeze(1),), out)
+        return atomic
+
+    def _run_backbone(self, method, batch, edge_vectors: torch.Tensor) -> torch.Tensor:
         state = self.fidelity_state(batch.fidelity)
         if state is not None:  # the embedding may have been left in another precision than the backbone
             state = state.to(self.dtype)

@@ -2,8 +2,8 @@
 
 A saved potential is one safetensors file: the weights and buffers (elemental reference
 energies and scale included) plus JSON metadata naming the backbone class, its constructor
-arguments, the elements, the fidelities and, for a backbone without a global state, where
-and how wide the fidelity is injected. Loading rebuilds the model from that metadata, so the
+arguments, the elements, the fidelities, the fidelities' own low-rank updates (their ranks)
+and, for a backbone without a global state, where and how wide the fidelity is injected. Loading rebuilds the model from that metadata, so the
 fidelity names and the fidelity input travel with the model. A wrapped third-party model is
 described by its library, the library's version, the model's class or builder and its
 constructor config in plain JSON (third_party/base.py), a SevenNet one by the recipe that
@@ -90,6 +90,7 @@ def metadata_of(potential: Potential) -> dict:
         "fidelities": potential.fidelities,
         "dtype": str(potential.dtype).removeprefix("torch."),
         "injection": None if potential.injector is None else {"places": potential.injector.places, "dim": potential.injector.dim},
+        "low_rank": [[potential.fidelities[u.fidelity], u.rank] for u in potential.fidelity_low_rank],  # fidelity, rank
     }
 
 
@@ -147,6 +148,11 @@ def check_metadata(meta: dict, path) -> None:
         raise ValueError(f"{path}: elements {elements} are not atomic numbers")
     if not fidelities or len(set(fidelities)) != len(fidelities) or not all(isinstance(f, str) and f for f in fidelities):
         raise ValueError(f"{path}: fidelities {fidelities} must be unique, non-empty names")
+    low_rank = meta.get("low_rank", [])
+    if not isinstance(low_rank, list) or not all(
+        isinstance(u, list) and len(u) == 2 and u[0] in fidelities and isinstance(u[1], int) and 1 <= u[1] <= MAX_SIZE for u in low_rank
+    ):
+        raise ValueError(f"{path}: low_rank {low_rank} must list [fidelity, rank] pairs of known fidelities and ranks in [1, {MAX_SIZE}]")
     config = meta.get("backbone_config", {})
     if meta["backbone"] in THIRD_PARTY:
         _check_third_party(config, THIRD_PARTY[meta["backbone"]], path)
@@ -209,6 +215,8 @@ def load_potential(path: str | os.PathLike, device: str | torch.device = "cpu") 
         potential = wrap(backbone, meta["fidelities"], meta["elements"], **options).to(dtype)
     if potential.fidelities != meta["fidelities"]:
         raise ValueError(f"{path}: rebuilt with fidelities {potential.fidelities}, but the file names {meta['fidelities']}")
+    for fidelity, rank in meta.get("low_rank", []):  # absent in files saved before these updates existed
+        potential.add_low_rank_update(fidelity, rank)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:

@@ -188,6 +188,23 @@ def test_sevenn_adapter_trains_a_low_rank_update_and_keeps_the_base_exactly(clus
         finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="distill", trainable="adapter"))
 
 
+@needs_matgl_weights
+def test_target_low_rank_update_keeps_the_base_level_of_a_matgl_m3gnet_exactly(clusters):
+    """trainable="lowrank-target" on the MatPES M3GNet: only the SCAN update trains, the PBE
+    level on held-out structures is the pretrained model's to float32 rounding, SCAN moves, and
+    replay (which would do nothing) is refused."""
+    scan, _ = clusters
+    result = finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="lowrank-target", rank=2))
+    report, potential = result.report, result.potential
+    assert report["after"]["base_held_out"]["force_mae"] < 1e-5  # float32 summation order apart
+    assert report["after"]["target_val"]["force_mae"] != report["before"]["target_val"]["force_mae"]
+    (update,) = potential.fidelity_low_rank
+    assert potential.fidelities[update.fidelity] == "SCAN" and update.rank == 2
+    assert [n for n, p in potential.named_parameters() if p.requires_grad] == [n for n, _ in potential.named_parameters() if ".updates." in n]
+    with pytest.raises(ValueError, match="would do nothing with trainable='lowrank-target'"):
+        finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="distill", trainable="lowrank-target"))
+
+
 def test_cli_default_replay_follows_the_trainable_choice():
     """The CLI's default replay is the one that does something: none for a SevenNet adapter
     (its base level is exact), distill otherwise, and data whenever base-level frames are given
@@ -198,3 +215,4 @@ def test_cli_default_replay_follows_the_trainable_choice():
     assert _default_replay("sevenn", "all", []) == "distill"
     assert _default_replay("matgl", "adapter", []) == "distill"
     assert _default_replay("sevenn", "adapter", ["a base frame"]) == "data"
+    assert _default_replay("matgl", "lowrank-target", []) == "none"

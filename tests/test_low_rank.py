@@ -1,5 +1,6 @@
 """Low-rank updates: the model starts unchanged, only the updates train, a trained update has
-the chosen rank, and a saved model holds the merged weights."""
+the chosen rank, and a saved model holds the merged weights; a fidelity's own update moves
+that fidelity only."""
 
 from __future__ import annotations
 
@@ -39,3 +40,50 @@ def test_low_rank_update_trains_within_its_rank(tmp_path):
     assert float(reloaded(graph, forces=False)["energy"][0].detach()) == pytest.approx(float(after), abs=1e-10)
     with pytest.raises(ValueError, match="rank of a low-rank update must be >= 1"):
         add_low_rank_updates(small_potential(["H"], ["PBE"]).backbone, rank=0)
+
+
+def test_a_fidelitys_own_update_moves_only_its_structures_and_survives_save_and_export(tmp_path):
+    """Potential.add_low_rank_update: a mixed batch runs one fidelity at a time, the update
+    acts on its fidelity's structures only (the others keep their predictions, in training
+    too), and it is saved, reloaded and exported with the model."""
+    from torch_geometric.data import Batch
+
+    from fidelity_adapters import UnknownFidelityError
+    from fidelity_adapters.export import FixedFidelityPotential, graph_inputs
+
+    potential = small_potential(["H", "O"], ["PBE", "SCAN"])
+    graphs = [potential.graph(water_dimer(seed), fidelity) for seed, fidelity in ((0, "PBE"), (1, "SCAN"), (2, "PBE"))]
+    mixed = Batch.from_data_list(graphs)
+    before = {k: v.detach() for k, v in potential(mixed).items()}
+    update = potential.add_low_rank_update("SCAN", rank=2)
+    assert torch.equal(potential(mixed)["energy"], before["energy"])  # B = 0: nothing moves yet
+    potential.requires_grad_(False)
+    update.requires_grad_(True)
+    optimizer = torch.optim.Adam(update.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        potential(mixed, training=True)["forces"].pow(2).sum().backward()
+        optimizer.step()
+    after = {k: v.detach() for k, v in potential(mixed).items()}
+    pbe, scan = [0, 2], [1]
+    torch.testing.assert_close(after["energy"][pbe], before["energy"][pbe], rtol=0, atol=1e-12)
+    assert float((after["energy"][scan] - before["energy"][scan]).abs().max()) > 1e-6
+    for k, graph in enumerate(graphs):  # the mixed batch gives each structure what it gets alone
+        alone = potential(graph)
+        assert float(alone["energy"][0]) == pytest.approx(float(after["energy"][k]), abs=1e-12)
+        torch.testing.assert_close(alone["forces"], after["forces"][mixed.batch == k], rtol=0, atol=1e-12)
+
+    save_potential(potential, tmp_path / "m.safetensors")
+    reloaded = load_potential(tmp_path / "m.safetensors")
+    assert [(u.fidelity, u.rank) for u in reloaded.fidelity_low_rank] == [(1, 2)]
+    assert torch.equal(reloaded(mixed)["energy"], after["energy"])
+    exported = FixedFidelityPotential(potential, "SCAN")  # the update merged into the weights of one fidelity
+    assert not len(exported.potential.fidelity_low_rank)
+    energy, forces, _ = exported(*graph_inputs(graphs[1]))
+    assert float(energy) == pytest.approx(float(after["energy"][1]), abs=1e-10)
+    torch.testing.assert_close(forces, after["forces"][mixed.batch == 1], rtol=0, atol=1e-10)
+    assert torch.equal(potential(mixed)["energy"].detach(), after["energy"])  # the exported copy left the model alone
+    with pytest.raises(ValueError, match="has a low-rank update already"):
+        potential.add_low_rank_update("SCAN")
+    with pytest.raises(UnknownFidelityError):
+        potential.add_low_rank_update("r2SCAN")

@@ -139,6 +139,10 @@ def test_changed_model_files_are_refused(tmp_path):
         _rewrite(path, tmp_path / "crafted.safetensors", lambda meta: meta["backbone_config"].update({key: value}))
         with pytest.raises(ValueError, match=message):
             load_potential(tmp_path / "crafted.safetensors")
+    for low_rank in ([["r2SCAN", 2]], [["SCAN", 10**6]], [["SCAN"]]):  # unknown fidelity, absurd rank, no rank
+        _rewrite(path, tmp_path / "crafted.safetensors", lambda meta: meta.update(low_rank=low_rank))
+        with pytest.raises(ValueError, match="low_rank .* must list"):
+            load_potential(tmp_path / "crafted.safetensors")
 
 
 def test_format_1_file_loads_with_a_warning(tmp_path):
