@@ -229,20 +229,18 @@ class Potential(nn.Module):
         if not len(self.fidelity_low_rank):
             return self._run_backbone(method, batch, edge_vectors)
         updates = {u.fidelity: u for u in self.fidelity_low_rank}
+        applied = lambda fidelity: updates[fidelity].applied() if fidelity in updates else nullcontext()  # noqa: E731
+        present = batch.fidelity.unique().tolist()
+        if len(present) == 1:
+            with applied(present[0]):
+                return self._run_backbone(method, batch, edge_vectors)
         node_fidelity = batch.fidelity[batch.batch]
         edge_fidelity = node_fidelity[batch.edge_index[0]]
-        present = batch.fidelity.unique().tolist()
         atomic = None
         for fidelity in present:
-            if len(present) == 1:
-                part, vectors = batch, edge_vectors
-            else:
-                part = Batch.from_data_list(batch.index_select((batch.fidelity == fidelity).nonzero().squeeze(1)))
-                vectors = edge_vectors[edge_fidelity == fidelity]
-            with updates[fidelity].applied() if fidelity in updates else nullcontext():
-                out = self._run_backbone(method, part, vectors)
-            if len(present) == 1:
-                return out
+            part = Batch.from_data_list(batch.index_select((batch.fidelity == fidelity).nonzero().squeeze(1)))
+            with applied(fidelity):
+                out = self._run_backbone(method, part, edge_vectors[edge_fidelity == fidelity])
             atomic = out.new_zeros((len(node_fidelity), *out.shape[1:])) if atomic is None else atomic
             atomic = atomic.index_put(((node_fidelity == fidelity).nonzero().squeeze(1),), out)
         return atomic
