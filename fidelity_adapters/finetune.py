@@ -127,7 +127,12 @@ def freeze_to_adapter(potential: Potential, target: str, rank: int) -> None:
 def freeze_to_target_update(potential: Potential, target: str, rank: int) -> None:
     """Only the target's own low-rank update trains; every other parameter is frozen."""
     potential.requires_grad_(False)
-    potential.add_low_rank_update(target, rank).requires_grad_(True)
+    if hasattr(potential.backbone, "fidelity_updates"):  # a SevenNet: e3nn layers, masked per atom
+        from .third_party.sevenn import add_low_rank_update
+
+        add_low_rank_update(potential, target, rank).requires_grad_(True)
+    else:
+        potential.add_low_rank_update(target, rank).requires_grad_(True)
 
 
 def _split(structures: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -208,10 +208,8 @@ class Potential(nn.Module):
         structures only, and return it (trainable; freezing the rest is the caller's choice).
         It starts at zero: the fidelity predicts what it did. Every other fidelity keeps its
         predictions exactly, however the update trains."""
-        if hasattr(self.backbone, "fidelity_updates"):  # a SevenNet: e3nn layers, masked per atom
-            from .third_party.sevenn import add_low_rank_update
-
-            return add_low_rank_update(self, fidelity, rank)
+        if hasattr(self.backbone, "fidelity_updates"):
+            raise ValueError("a SevenNet's e3nn layers take third_party.sevenn.add_low_rank_update (per atom, per path)")
         from .low_rank import FidelityLowRank
 
         index = self.fidelity_state.index(fidelity)
