@@ -43,11 +43,7 @@ class FidelityLowRank(nn.Module):
 
     def __init__(self, backbone: nn.Module, fidelity: int, rank: int):
         super().__init__()
-        if rank < 1:
-            raise ValueError(f"the rank of a low-rank update must be >= 1, not {rank}")
-        linears = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError(f"{type(backbone).__name__} has no nn.Linear layers for low-rank updates")
+        linears = _linears_to_update(backbone, rank)
         if has_low_rank_updates(backbone):
             raise ValueError("the backbone has shared low-rank updates (trainable='lowrank'); a fidelity's own cannot join them")
         self.fidelity, self.rank, self.on = fidelity, rank, False
@@ -106,11 +102,7 @@ def weights_of_one_fidelity(module: nn.Module, updates: list[FidelityLowRank], f
 def add_low_rank_updates(module: nn.Module, rank: int) -> int:
     """Freeze every parameter of `module` and give each nn.Linear weight in it a trainable
     rank-`rank` update; returns the number of layers adapted (an error if there are none)."""
-    if rank < 1:
-        raise ValueError(f"the rank of a low-rank update must be >= 1, not {rank}")
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear layers for low-rank updates")
+    linears = _linears_to_update(module, rank)
     if any(parametrize.is_parametrized(m) for m in linears):
         raise ValueError(f"{type(module).__name__} has low-rank updates already (shared, or a fidelity's own)")
     module.requires_grad_(False)
@@ -118,6 +110,16 @@ def add_low_rank_updates(module: nn.Module, rank: int) -> int:
         update = LowRankUpdate(linear.out_features, linear.in_features, rank, linear.weight.dtype, linear.weight.device)
         parametrize.register_parametrization(linear, "weight", update)
     return len(linears)
+
+
+def _linears_to_update(module: nn.Module, rank: int) -> list[nn.Linear]:
+    """The nn.Linear layers of `module`, after checking the rank and that there are some."""
+    if rank < 1:
+        raise ValueError(f"the rank of a low-rank update must be >= 1, not {rank}")
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(module).__name__} has no nn.Linear layers for low-rank updates")
+    return linears
 
 
 def _shared_updated(module: nn.Module):
@@ -144,9 +146,9 @@ def merge_in_place(module: nn.Module) -> nn.Module:
 def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """`module`'s state dict as a model without updates has it: W + B A under each weight's
     own name, the updates left out; the module itself is not changed."""
-    state = module.state_dict()
-    for name, layer in _shared_updated(module):
-        prefix = f"{name}." if name else ""
-        state = {k: v for k, v in state.items() if not k.startswith(f"{prefix}parametrizations.")}
+    layers = {f"{name}." if name else "": layer for name, layer in _shared_updated(module)}
+    hidden = tuple(f"{prefix}parametrizations." for prefix in layers)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith(hidden)}
+    for prefix, layer in layers.items():
         state[f"{prefix}weight"] = layer.weight.detach()
     return dict(sorted(state.items()))
