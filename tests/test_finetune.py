@@ -125,6 +125,8 @@ def test_bad_requests_are_named(clusters):
         finetune(PBE_MODEL, "SCAN", scan[:4] + pbe[:1], scan[4:6], _quick())
     with pytest.raises(ValueError, match="replay must be"):
         finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="sometimes"))
+    with pytest.raises(ValueError, match="must differ from the base fidelity 'PBE'"):
+        finetune(PBE_MODEL, "PBE", pbe[:4], pbe[4:6], _quick(replay="none", trainable="lowrank-target"))
 
 
 @needs_matgl_weights
