@@ -11,6 +11,11 @@ during training holds.
 fidelity's structures run (Potential.run_backbone runs a batch one fidelity at a time when it
 has such updates), so every other fidelity keeps the frozen weights' predictions exactly: a
 new level of theory learnt without the base level moving at all.
+
+The layers updated are every torch nn.Linear, every e3nn o3.Linear (one rank-r matrix per path,
+an irrep to the same irrep, so equivariance is kept) and the layers of e3nn's
+FullyConnectedNet (the radial MLPs of the MACE- and NequIP-style backbones). e3nn tensor
+products keep their weights.
 """
 
 from __future__ import annotations
@@ -19,23 +24,53 @@ import math
 from contextlib import contextmanager
 
 import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet
 from torch import nn
 from torch.nn.utils import parametrize
 
 
 class LowRankUpdate(nn.Module):
-    def __init__(self, out_features: int, in_features: int, rank: int, dtype: torch.dtype, device: torch.device):
+    """W + B A for a weight W of shape (rows, cols): A (rank, cols), B (rows, rank), B = 0 at first."""
+
+    def __init__(self, rows: int, cols: int, rank: int, dtype: torch.dtype, device: torch.device):
         super().__init__()
-        self.a = nn.Parameter(torch.empty(rank, in_features, dtype=dtype, device=device))
+        self.a = nn.Parameter(torch.empty(min(rank, rows, cols), cols, dtype=dtype, device=device))
         nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
-        self.b = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype, device=device))
+        self.b = nn.Parameter(torch.zeros(rows, self.a.shape[0], dtype=dtype, device=device))
+
+    def delta(self) -> torch.Tensor:
+        return self.b @ self.a
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.b @ self.a
+        return weight + self.delta()
+
+
+class PathsLowRankUpdate(nn.Module):
+    """W + (B A per path) for an e3nn o3.Linear's flat weight: one LowRankUpdate per path
+    (mul_in, mul_out), the paths in the layer's weight order."""
+
+    def __init__(self, paths: list[tuple[int, int]], rank: int, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.paths = nn.ModuleList(LowRankUpdate(rows, cols, rank, dtype, device) for rows, cols in paths)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + torch.cat([path.delta().reshape(-1) for path in self.paths])
+
+
+UPDATES = (LowRankUpdate, PathsLowRankUpdate)
+
+
+def _update_for(layer: nn.Module, rank: int) -> nn.Module:
+    weight = layer.weight
+    if isinstance(layer, o3.Linear):
+        paths = [ins.path_shape for ins in layer.instructions if ins.i_in != -1 and 0 not in ins.path_shape]
+        return PathsLowRankUpdate(paths, rank, weight.dtype, weight.device)
+    return LowRankUpdate(*weight.shape, rank, weight.dtype, weight.device)
 
 
 class FidelityLowRank(nn.Module):
-    """Fidelity `fidelity`'s (an index) own rank-`rank` update of every nn.Linear in `backbone`:
+    """Fidelity `fidelity`'s (an index) own rank-`rank` update of every linear layer in `backbone`:
     each weight reads W + B A inside `with update.applied(): ...` and W elsewhere (a
     parametrization, so backbones that use a layer's weight directly, as M3GNet's edge MLPs
     do, see it too). Starts at zero (B = 0): the fidelity predicts what the frozen weights do
@@ -43,15 +78,15 @@ class FidelityLowRank(nn.Module):
 
     def __init__(self, backbone: nn.Module, fidelity: int, rank: int):
         super().__init__()
-        linears = _linears_to_update(backbone, rank)
+        layers = _layers_to_update(backbone, rank)
         if has_low_rank_updates(backbone):
             raise ValueError("the backbone has shared low-rank updates (trainable='lowrank'); a fidelity's own cannot join them")
         self.fidelity, self.rank, self.on = fidelity, rank, False
         self.updates = nn.ModuleList()
-        for linear in linears:
-            update = LowRankUpdate(linear.out_features, linear.in_features, rank, linear.weight.dtype, linear.weight.device)
+        for layer in layers:
+            update = _update_for(layer, rank)
             self.updates.append(update)
-            parametrize.register_parametrization(linear, "weight", _WhileApplied(self, update))
+            parametrize.register_parametrization(layer, "weight", _WhileApplied(self, update))
 
     @contextmanager
     def applied(self):
@@ -76,56 +111,58 @@ class _WhileApplied(nn.Module):
 
 
 def weights_of_one_fidelity(module: nn.Module, updates: list[FidelityLowRank], fidelity: int) -> None:
-    """Replace every layer with a fidelity's own update by a plain nn.Linear holding the
-    weights fidelity `fidelity` runs with (its own update included, if it has one): for a
-    model that runs at that fidelity only (an export). New layers, not removed
-    parametrizations: a deep copy shares its parametrized classes with the original, and
-    removing one there would break the original."""
+    """Turn every weight with a fidelity's own update into a plain parameter holding the weight
+    fidelity `fidelity` runs with (its own update included, if it has one): for a model that
+    runs at that fidelity only (an export, on a deep copy). Undone by hand on each layer, not by
+    torch's remove_parametrizations: that deletes the weight property from the parametrized
+    class, which a deep copy shares with the original, and would break the original."""
     for update in updates:
         update.on = update.fidelity == fidelity
     try:
-        for parent in list(module.modules()):
-            for name, layer in list(parent.named_children()):
-                if parametrize.is_parametrized(layer) and isinstance(layer.parametrizations["weight"][0], _WhileApplied):
-                    original = layer.parametrizations["weight"].original
-                    plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, original.device, original.dtype)
-                    with torch.no_grad():
-                        plain.weight.copy_(layer.weight)
-                        if layer.bias is not None:
-                            plain.bias.copy_(layer.bias)
-                    setattr(parent, name, plain.requires_grad_(original.requires_grad))
+        for layer in list(module.modules()):
+            if parametrize.is_parametrized(layer, "weight") and isinstance(layer.parametrizations["weight"][0], _WhileApplied):
+                original = layer.parametrizations["weight"].original
+                weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=original.requires_grad)
+                del layer.parametrizations
+                layer.__class__ = type(layer).__bases__[0]  # the class the layer had before it was parametrized
+                layer.weight = weight
     finally:
         for update in updates:
             update.on = False
 
 
 def add_low_rank_updates(module: nn.Module, rank: int) -> int:
-    """Freeze every parameter of `module` and give each nn.Linear weight in it a trainable
+    """Freeze every parameter of `module` and give each linear layer's weight in it a trainable
     rank-`rank` update; returns the number of layers adapted (an error if there are none)."""
-    linears = _linears_to_update(module, rank)
-    if any(parametrize.is_parametrized(m) for m in linears):
+    layers = _layers_to_update(module, rank)
+    if any(parametrize.is_parametrized(m) for m in layers):
         raise ValueError(f"{type(module).__name__} has low-rank updates already (shared, or a fidelity's own)")
     module.requires_grad_(False)
-    for linear in linears:
-        update = LowRankUpdate(linear.out_features, linear.in_features, rank, linear.weight.dtype, linear.weight.device)
-        parametrize.register_parametrization(linear, "weight", update)
-    return len(linears)
+    for layer in layers:
+        parametrize.register_parametrization(layer, "weight", _update_for(layer, rank))
+    return len(layers)
 
 
-def _linears_to_update(module: nn.Module, rank: int) -> list[nn.Linear]:
-    """The nn.Linear layers of `module`, after checking the rank and that there are some."""
+def _layers_to_update(module: nn.Module, rank: int) -> list[nn.Module]:
+    """The linear layers of `module` (see the module docstring), after checking the rank and
+    that there are some."""
     if rank < 1:
         raise ValueError(f"the rank of a low-rank update must be >= 1, not {rank}")
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear layers for low-rank updates")
-    return linears
+    radial = {id(layer) for net in module.modules() if isinstance(net, FullyConnectedNet) for layer in net.children()}
+    layers = [
+        m for m in module.modules()
+        if isinstance(m, nn.Linear) or (id(m) in radial and m.weight.dim() == 2)
+        or (isinstance(m, o3.Linear) and isinstance(m.weight, nn.Parameter) and m.weight.dim() == 1)  # internal, shared weights
+    ]  # fmt: skip
+    if not layers:
+        raise ValueError(f"{type(module).__name__} has no linear layers for low-rank updates")
+    return layers
 
 
 def _shared_updated(module: nn.Module):
     """(name, layer) of the layers with shared updates (add_low_rank_updates')."""
     for name, layer in module.named_modules():
-        if parametrize.is_parametrized(layer) and isinstance(layer.parametrizations["weight"][0], LowRankUpdate):
+        if parametrize.is_parametrized(layer) and isinstance(layer.parametrizations["weight"][0], UPDATES):
             yield name, layer
 
 

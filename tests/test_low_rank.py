@@ -87,3 +87,55 @@ def test_a_fidelitys_own_update_moves_only_its_structures_and_survives_save_and_
         potential.add_low_rank_update("SCAN")
     with pytest.raises(UnknownFidelityError):
         potential.add_low_rank_update("r2SCAN")
+
+
+@pytest.mark.parametrize("recipe", ["mace_style_potential", "nequip_style_potential"])
+def test_a_fidelitys_own_update_reaches_the_e3nn_layers_path_by_path(recipe):
+    """On the e3nn backbones the update covers every e3nn Linear (a rank-r matrix per path, as
+    e3nn lays the path's weights out), the radial MLPs and the nn.Linear layers; the model stays
+    rotation-equivariant with it, the other fidelity is untouched, and a one-fidelity copy
+    (what an export runs) predicts what the potential does."""
+    from e3nn import o3
+    from e3nn.nn import FullyConnectedNet
+    from scipy.spatial.transform import Rotation
+
+    import fidelity_adapters
+    from fidelity_adapters.export import FixedFidelityPotential, graph_inputs
+
+    potential = getattr(fidelity_adapters, recipe)(["H", "O"], ["PBE", "SCAN"], channels=8, n_basis=6, radial_hidden=8,
+                                                   readout_hidden=8, lmax=2).double()  # fmt: skip
+    modules = list(potential.backbone.modules())
+    e3nn_linears = [m for m in modules if isinstance(m, o3.Linear)]
+    radial = [layer for m in modules if isinstance(m, FullyConnectedNet) for layer in m.children()]
+    plain = [m for m in modules if isinstance(m, torch.nn.Linear)]
+    weights = [m.weight.detach().clone() for m in e3nn_linears]
+    dimer = water_dimer()
+    before = {f: potential(potential.graph(dimer, f)) for f in ("PBE", "SCAN")}
+    update = potential.add_low_rank_update("SCAN", rank=2)
+    assert len(update.updates) == len(e3nn_linears) + len(radial) + len(plain) and e3nn_linears and radial
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained update, as far as these checks go: every B nonzero
+        for name, parameter in update.named_parameters():
+            if name.endswith(".b"):
+                parameter.normal_(0.0, 0.3)
+
+    with update.applied():
+        for layer, weight in zip(e3nn_linears, weights):
+            paths = [k for k, ins in enumerate(layer.instructions) if ins.i_in != -1]
+            changes = [layer.weight_view_for_instruction(k, layer.weight) - layer.weight_view_for_instruction(k, weight) for k in paths]
+            assert all(int(torch.linalg.matrix_rank(c.detach(), rtol=1e-10)) == min(2, *c.shape) for c in changes)
+    after = {f: potential(potential.graph(dimer, f)) for f in ("PBE", "SCAN")}
+    torch.testing.assert_close(after["PBE"]["forces"], before["PBE"]["forces"], rtol=0, atol=1e-12)
+    assert float((after["SCAN"]["forces"] - before["SCAN"]["forces"]).abs().max()) > 1e-4
+
+    rotation = Rotation.random(random_state=3).as_matrix()
+    turned = dimer.copy()
+    turned.positions = dimer.positions @ rotation.T
+    rotated = potential(potential.graph(turned, "SCAN"))
+    assert float(rotated["energy"]) == pytest.approx(float(after["SCAN"]["energy"]), abs=1e-10)
+    torch.testing.assert_close(rotated["forces"], after["SCAN"]["forces"] @ torch.tensor(rotation.T), rtol=0, atol=1e-10)
+
+    energy, forces, _ = FixedFidelityPotential(potential, "SCAN")(*graph_inputs(potential.graph(dimer, "SCAN")))
+    assert float(energy) == pytest.approx(float(after["SCAN"]["energy"]), abs=1e-10)
+    torch.testing.assert_close(forces, after["SCAN"]["forces"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(potential(potential.graph(dimer, "SCAN"))["forces"], after["SCAN"]["forces"], rtol=0, atol=1e-12)

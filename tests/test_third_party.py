@@ -190,6 +190,29 @@ def test_fidelity_changes_energy_and_gets_gradients(two_fidelities):
 
 
 @pytest.mark.parametrize("name", ["mace", "nequip"])
+def test_a_fidelitys_own_update_reaches_the_model_and_moves_that_fidelity_only(name):
+    """Potential.add_low_rank_update on a wrapped model: its e3nn Linear layers get an update
+    per path (e3nn 0.4.4 for mace-torch, >= 0.6 for nequip), and with every update nonzero the
+    SCAN structure moves while the PBE one keeps its prediction."""
+    from fidelity_adapters.low_rank import PathsLowRankUpdate
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        potential = wrap_third_party(MODELS[name](), ["PBE", "SCAN"], inject_dim=8)
+        batch = Batch.from_data_list([potential.graph(water_dimer(), f) for f in ("PBE", "SCAN")])
+        before = potential(batch)
+        update = potential.add_low_rank_update("SCAN", rank=2)
+        assert any(isinstance(u, PathsLowRankUpdate) for u in update.updates)
+        with torch.no_grad():
+            for parameter_name, parameter in update.named_parameters():
+                if parameter_name.endswith(".b"):
+                    parameter.normal_(0.0, 0.3)
+    after = potential(batch)
+    torch.testing.assert_close(after["forces"][:6], before["forces"][:6], rtol=0, atol=1e-12)
+    assert float((after["forces"][6:] - before["forces"][6:]).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("name", ["mace", "nequip"])
 def test_training_loss_falls(name):
     data = water_clusters()
     pbe = [s for s in data if s.fidelity == "PBE"][:8]
