@@ -14,7 +14,8 @@ the validation frames and the first `train_frames` training frames. Zero-shot en
 compared after a per-element offset fitted on the training frames (the codes' energy zeros
 differ); fine-tuned models get the same correction inside finetune(). Every fine-tuning run has
 the same epochs, learning rate and batch size; its optimizer steps are in the table (replay
-doubles the steps per epoch).
+doubles the steps per epoch). Delta runs keep the foundation model frozen (offset fitted) and
+train the recipe's M3GNet from scratch on the differences (`--delta-epochs`, `--delta-lr`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ import numpy as np
 import torch
 
 from fidelity_adapters import read_structures
-from fidelity_adapters.evaluation import errors
+from fidelity_adapters.evaluation import error_metrics, errors, parity_arrays
 from fidelity_adapters.finetune import FinetuneConfig, finetune
 from fidelity_adapters.pretrained import entry, load_pretrained
+from fidelity_adapters.recipes import m3gnet_potential
+from fidelity_adapters.strategies.delta import DELTA
+from fidelity_adapters.strategies.pretrained import foundation_delta, foundation_with_offset
 from fidelity_adapters.training import TrainConfig
 
 MATPES_R2SCAN, MATPES_PBE, SEVENN_MF0 = "matgl:M3GNet-MatPES-r2SCAN-v2025.1", "matgl:M3GNet-MatPES-PBE-v2025.1", "sevenn:7net-mf-0"
-RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot)
+RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot, "delta": Delta on the frozen model)
     "matpes-r2scan-zero-shot": ("zero-shot", MATPES_R2SCAN, "r2SCAN", None),
     "matpes-pbe-zero-shot": ("zero-shot", MATPES_PBE, "PBE", None),
     "sevenn-zero-shot": ("zero-shot", SEVENN_MF0, "r2SCAN", None),
@@ -50,6 +54,8 @@ RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot)
     "sevenn-transfer": ("fine-tune, no replay (transfer)", SEVENN_MF0, "r2SCAN", dict(replay="none")),
     "matpes-r2scan-lowrank-target": ("mfi, the target's own low-rank update rank 8, no replay", MATPES_R2SCAN, "r2SCAN",
                                      dict(replay="none", trainable="lowrank-target", rank=8)),
+    "matpes-r2scan-delta": ("Delta: frozen model + from-scratch M3GNet", MATPES_R2SCAN, "r2SCAN", "delta"),
+    "sevenn-delta": ("Delta: frozen model + from-scratch M3GNet", SEVENN_MF0, "r2SCAN", "delta"),
 }  # fmt: skip
 DEFAULT_RUNS = ["matpes-r2scan-zero-shot", "matpes-pbe-zero-shot", "sevenn-zero-shot", "matpes-r2scan-transfer",
                 "matpes-r2scan-mfi", "matpes-r2scan-mfi-adapter", "matpes-pbe-mfi"]  # fmt: skip
@@ -59,6 +65,14 @@ def zero_shot(name, base, target, train, test):
     potential = load_pretrained(name, add=[target], like=base)
     potential.fit_references(train, refit_scale=False, around_network=True)  # the per-element offset between the codes, from the training frames
     return {"test": errors(potential, test, target), "steps": 0}
+
+
+def delta_on_foundation(name, base, train, val, test, config):
+    foundation = foundation_with_offset(name, base, train)
+    elements = sorted({int(z) for s in train for z in s.numbers})
+    combined, steps = foundation_delta(foundation, base, m3gnet_potential(elements, [DELTA], seed=config.seed), train, val, config)
+    return {"test": error_metrics(parity_arrays(test, combined.predict(test)), len(test)), "steps": steps,
+            "val": error_metrics(parity_arrays(val, combined.predict(val)), len(val))}  # fmt: skip
 
 
 def main(argv=None):
@@ -75,6 +89,8 @@ def main(argv=None):
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=DEFAULT_RUNS)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--delta-epochs", type=int, default=100, help="epochs of the from-scratch model in Delta runs")
+    parser.add_argument("--delta-lr", type=float, default=1e-3, help="its learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -98,6 +114,9 @@ def main(argv=None):
         start = time.time()
         if settings is None:
             record = zero_shot(name, base, args.target, train, test)
+        elif settings == "delta":
+            config = TrainConfig(max_epochs=args.delta_epochs, learning_rate=args.delta_lr, batch_size=1, seed=args.seed, progress=False)
+            record = delta_on_foundation(name, base, train, val, test, config)
         else:
             config = FinetuneConfig(
                 train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=1, seed=args.seed, progress=False),
@@ -111,10 +130,11 @@ def main(argv=None):
         records.append(record)
         print(json.dumps(record, default=float))
         (out / "results.json").write_text(json.dumps(records, indent=1, default=float))
+    delta_text = f" (Delta's model: {args.delta_epochs} epochs, lr {args.delta_lr})" if any(RUNS[k][3] == "delta" for k in args.runs) else ""
     lines = [
         f"{args.target} liquid water, {len(train)} training frames of {len(train[0])} atoms (of {len(frames)}: from frame "
         f"{args.start}, step {args.every}, of {Path(args.data).name}), {n_val} validation, {n_test} test frames; seed "
-        f"{args.seed}; {args.epochs} epochs, lr {args.lr}, batch 1; torch {torch.__version__}, {args.threads} threads, "
+        f"{args.seed}; {args.epochs} epochs, lr {args.lr}, batch 1{delta_text}; torch {torch.__version__}, {args.threads} threads, "
         f"{platform.machine()} CPU. Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
         "",
         "| model | pretrained | base | test E MAE (meV/atom) | test F MAE (meV/A) | steps | base-level drift F (meV/A) | time (s) |",

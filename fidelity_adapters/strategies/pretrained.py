@@ -26,7 +26,7 @@ from ..data import LabelledStructure
 from ..finetune import FinetuneConfig, finetune
 from ..potential import Potential
 from ..pretrained import entry, load_pretrained
-from ..training import train
+from ..training import TrainConfig, train
 from .delta import DELTA, DeltaPotential
 from .task import Fitted, Task
 
@@ -49,13 +49,18 @@ def _hifi_sets(task: Task, fidelity: str) -> tuple[list[LabelledStructure], list
     return _relabelled(task.pick(task.split.hifi_train), fidelity), _relabelled(task.pick(task.split.validation), fidelity)
 
 
+def foundation_with_offset(pretrained: str, base: str, train_structures: Sequence[LabelledStructure]) -> Potential:
+    """The frozen foundation model `pretrained` at its level `base`, its references corrected by
+    the per-element offset that removes its mean energy error on `train_structures` (labelled at
+    another level of theory: the codes differ in their energy zero)."""
+    potential = load_pretrained(pretrained)
+    potential.fit_references(_relabelled(train_structures, base), refit_scale=False, around_network=True)
+    return potential
+
+
 def _foundation_with_offset(task: Task) -> tuple[Potential, str]:
-    """The frozen foundation model at its base level, its references corrected by the per-element
-    offset that removes its mean energy error on the high-fidelity training structures."""
     base = _base(task)
-    potential = load_pretrained(task.pretrained)
-    potential.fit_references(_hifi_sets(task, base)[0], refit_scale=False, around_network=True)
-    return potential, base
+    return foundation_with_offset(task.pretrained, base, task.pick(task.split.hifi_train)), base
 
 
 def fit_zero_shot(task: Task) -> Fitted:
@@ -102,8 +107,13 @@ def fit_finetuned_transfer(task: Task) -> Fitted:
     return _finetuned(task, "plain fine-tuning", replay="none", trainable="all")  # whatever `finetune` sets for ft-mfi
 
 
-def fit_foundation_delta(task: Task) -> Fitted:
-    foundation, base = _foundation_with_offset(task)
+def foundation_delta(
+    foundation: Potential, base: str, delta: Potential, train_structures: Sequence[LabelledStructure],
+    val_structures: Sequence[LabelledStructure], config: TrainConfig, out_dir=None,
+) -> tuple[DeltaPotential, int]:
+    """Train `delta` (a potential whose one fidelity is DELTA) on the differences between the
+    labels and the frozen `foundation`'s predictions at `base`; returns the sum of the two and
+    the optimizer steps taken."""
 
     def differences(structures: Sequence[LabelledStructure]) -> list[LabelledStructure]:
         predicted = foundation.predict(list(structures), base)
@@ -113,13 +123,19 @@ def fit_foundation_delta(task: Task) -> Fitted:
             for s, p in zip(structures, predicted)
         ]  # fmt: skip
 
-    train_set, val_set = differences(task.pick(task.split.hifi_train)), differences(task.pick(task.split.validation))
-    delta = task.potential([DELTA])
-    result = train(delta, train_set, val_set, task.config_for(DELTA), task.out_dir)
-    combined = DeltaPotential(foundation, base, delta)
-    steps = len(result.history) * -(-len(train_set) // task.config.batch_size)
+    train_set, val_set = differences(train_structures), differences(val_structures)
+    result = train(delta, train_set, val_set, replace(config, monitor=DELTA), out_dir)
+    return DeltaPotential(foundation, base, delta), len(result.history) * -(-len(train_set) // config.batch_size)
+
+
+def fit_foundation_delta(task: Task) -> Fitted:
+    foundation, base = _foundation_with_offset(task)
+    combined, steps = foundation_delta(
+        foundation, base, task.potential([DELTA]), task.pick(task.split.hifi_train), task.pick(task.split.validation),
+        task.config, task.out_dir,
+    )  # fmt: skip
     note = (
         f"{task.pretrained} at {base} (frozen, offset fitted) + a from-scratch {task.backbone} of the difference "
         f"between the {task.hifi} labels and its prediction"
     )
-    return Fitted(combined.predict, {"foundation": foundation, "delta": delta}, note, {"optimizer_steps": steps})
+    return Fitted(combined.predict, {"foundation": foundation, "delta": combined.delta}, note, {"optimizer_steps": steps})
