@@ -139,3 +139,27 @@ def test_a_fidelitys_own_update_reaches_the_e3nn_layers_path_by_path(recipe):
     assert float(energy) == pytest.approx(float(after["SCAN"]["energy"]), abs=1e-10)
     torch.testing.assert_close(forces, after["SCAN"]["forces"], rtol=0, atol=1e-10)
     torch.testing.assert_close(potential(potential.graph(dimer, "SCAN"))["forces"], after["SCAN"]["forces"], rtol=0, atol=1e-12)
+
+
+def test_shared_updates_of_e3nn_layers_merge_save_and_reload(tmp_path):
+    """trainable="lowrank" on an e3nn backbone: the merged weights (saved during training, or
+    written in place at the end) predict what the model with its updates does."""
+    from fidelity_adapters import mace_style_potential
+
+    potential = mace_style_potential(["H", "O"], ["PBE", "SCAN"], channels=8, n_basis=6, radial_hidden=8, readout_hidden=8).double()
+    n_layers = add_low_rank_updates(potential.backbone, rank=2)
+    assert n_layers > 2  # e3nn Linear and radial layers too, not only the two nn.Linear
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in potential.backbone.named_parameters():
+            if name.endswith(".b"):
+                parameter.normal_(0.0, 0.3)
+    graph = potential.graph(water_dimer(), "SCAN")
+    expected = potential(graph)
+    save_potential(potential, tmp_path / "m.safetensors")
+    reloaded = load_potential(tmp_path / "m.safetensors")
+    assert not has_low_rank_updates(reloaded)
+    torch.testing.assert_close(reloaded(graph)["forces"], expected["forces"], rtol=0, atol=1e-10)
+    merged = merge_in_place(potential)
+    assert not has_low_rank_updates(merged)
+    torch.testing.assert_close(merged(graph)["forces"], expected["forces"], rtol=0, atol=1e-10)
