@@ -155,12 +155,13 @@ def finetune(
     config.check()
     model = entry(name)
     base = model.level(base_fidelity, what="base fidelity")
-    if keeps_base_exactly(model.library, config.trainable) and config.replay != "none":
-        raise ValueError(f"replay={config.replay!r} would do nothing with trainable={config.trainable!r} on {name}: its update acts "
-                         "on the target's structures only and the base level stays the pretrained model's exactly; use replay='none'")  # fmt: skip
-    if keeps_base_exactly(model.library, config.trainable) and target == base:
-        raise ValueError(f"trainable={config.trainable!r} adds an update of the target's own beside an unchanged base level, so the "
-                         f"target must differ from the base fidelity {base!r}; to fine-tune {base!r} itself use trainable='all' or 'lowrank'")  # fmt: skip
+    if keeps_base_exactly(model.library, config.trainable):
+        if config.replay != "none":
+            raise ValueError(f"replay={config.replay!r} would do nothing with trainable={config.trainable!r} on {name}: its update "
+                             "acts on the target's structures only and the base level stays the pretrained model's exactly; use replay='none'")  # fmt: skip
+        if target == base:
+            raise ValueError(f"trainable={config.trainable!r} adds an update of the target's own beside an unchanged base level, so "
+                             f"the target must differ from the base fidelity {base!r}; to fine-tune {base!r} itself use trainable='all' or 'lowrank'")  # fmt: skip
     for group, label in ((train_structures, "training"), (val_structures, "validation")):
         wrong = sorted({s.fidelity for s in group} - {target})
         if not group or wrong:
