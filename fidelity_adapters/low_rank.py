@@ -12,10 +12,11 @@ fidelity's structures run (Potential.run_backbone runs a batch one fidelity at a
 has such updates), so every other fidelity keeps the frozen weights' predictions exactly: a
 new level of theory learnt without the base level moving at all.
 
-The layers updated are every torch nn.Linear, every e3nn o3.Linear (one rank-r matrix per path,
-an irrep to the same irrep, so equivariance is kept) and the layers of e3nn's
-FullyConnectedNet (the radial MLPs of the MACE- and NequIP-style backbones). e3nn tensor
-products keep their weights.
+The layers updated are every torch nn.Linear, every e3nn o3.Linear and every e3nn tensor
+product with weights of its own (one rank-r matrix per path, in the weight block's layout, so
+equivariance is kept: any weights of an e3nn layer give an equivariant map) and the layers of
+e3nn's FullyConnectedNet (the radial MLPs, which give the convolutions' tensor products their
+weights).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class LowRankUpdate(nn.Module):
 
 
 class PathsLowRankUpdate(nn.Module):
-    """W + (B A per path) for an e3nn o3.Linear's flat weight: one LowRankUpdate per path
-    (mul_in, mul_out), the paths in the layer's weight order."""
+    """W + (B A per path) for the flat weight of an e3nn o3.Linear or tensor product: one
+    LowRankUpdate (rows, cols) per path, the paths in the layer's weight order."""
 
     def __init__(self, paths: list[tuple[int, int]], rank: int, dtype: torch.dtype, device: torch.device):
         super().__init__()
@@ -63,10 +64,23 @@ UPDATES = (LowRankUpdate, PathsLowRankUpdate)
 
 def _update_for(layer: nn.Module, rank: int) -> nn.Module:
     weight = layer.weight
-    if isinstance(layer, o3.Linear):
-        paths = [ins.path_shape for ins in layer.instructions if ins.i_in != -1 and 0 not in ins.path_shape]
-        return PathsLowRankUpdate(paths, rank, weight.dtype, weight.device)
+    if isinstance(layer, (o3.Linear, o3.TensorProduct)):
+        return PathsLowRankUpdate([_as_matrix(shape) for shape in weight_blocks(layer) if 0 not in shape], rank, weight.dtype, weight.device)
     return LowRankUpdate(*weight.shape, rank, weight.dtype, weight.device)
+
+
+def weight_blocks(layer: o3.Linear | o3.TensorProduct) -> list[tuple[int, ...]]:
+    """The shapes of the paths' blocks in an e3nn layer's flat weight, in their order there
+    (a Linear's biases live in another tensor)."""
+    if isinstance(layer, o3.Linear):
+        return [ins.path_shape for ins in layer.instructions if ins.i_in != -1]
+    return [ins.path_shape for ins in layer.instructions if ins.has_weight]
+
+
+def _as_matrix(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A path's block as the matrix its update is: (mul_in, mul_out) for a Linear, (mul_1 mul_2,
+    mul_out) for a "uvw" product, (mul, 1) for one weight per channel ("uuu": no rank to cut)."""
+    return (math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else (shape[0], 1)
 
 
 class FidelityLowRank(nn.Module):
@@ -152,11 +166,17 @@ def _layers_to_update(module: nn.Module, rank: int) -> list[nn.Module]:
     layers = [
         m for m in module.modules()
         if isinstance(m, nn.Linear) or (id(m) in radial and m.weight.dim() == 2)
-        or (isinstance(m, o3.Linear) and isinstance(m.weight, nn.Parameter) and m.weight.dim() == 1)  # internal, shared weights
+        or (isinstance(m, (o3.Linear, o3.TensorProduct)) and _owns_weights(m))
     ]  # fmt: skip
     if not layers:
         raise ValueError(f"{type(module).__name__} has no linear layers for low-rank updates")
     return layers
+
+
+def _owns_weights(layer: o3.Linear | o3.TensorProduct) -> bool:
+    """Whether an e3nn layer holds its weights as one shared parameter (not given them in
+    forward, as a convolution's tensor product is by its radial MLP)."""
+    return isinstance(layer.weight, nn.Parameter) and layer.weight.dim() == 1 and layer.weight.numel() > 0
 
 
 def _shared_updated(module: nn.Module):

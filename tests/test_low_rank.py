@@ -91,10 +91,11 @@ def test_a_fidelitys_own_update_moves_only_its_structures_and_survives_save_and_
 
 @pytest.mark.parametrize("recipe", ["mace_style_potential", "nequip_style_potential"])
 def test_a_fidelitys_own_update_reaches_the_e3nn_layers_path_by_path(recipe):
-    """On the e3nn backbones the update covers every e3nn Linear (a rank-r matrix per path, as
-    e3nn lays the path's weights out), the radial MLPs and the nn.Linear layers; the model stays
-    rotation-equivariant with it, the other fidelity is untouched, and a one-fidelity copy
-    (what an export runs) predicts what the potential does."""
+    """On the e3nn backbones the update covers every e3nn Linear and every tensor product with
+    weights of its own (a rank-r matrix per path, as e3nn lays the path's weights out), the
+    radial MLPs and the nn.Linear layers; the model stays rotation-equivariant with it, the
+    other fidelity is untouched, and a one-fidelity copy (what an export runs) predicts what
+    the potential does."""
     from e3nn import o3
     from e3nn.nn import FullyConnectedNet
     from scipy.spatial.transform import Rotation
@@ -106,24 +107,29 @@ def test_a_fidelitys_own_update_reaches_the_e3nn_layers_path_by_path(recipe):
                                                    readout_hidden=8, lmax=2).double()  # fmt: skip
     modules = list(potential.backbone.modules())
     e3nn_linears = [m for m in modules if isinstance(m, o3.Linear)]
+    products = [m for m in modules if isinstance(m, o3.TensorProduct) and isinstance(m.weight, torch.nn.Parameter)]  # the convolutions' get their weights
     radial = [layer for m in modules if isinstance(m, FullyConnectedNet) for layer in m.children()]
     plain = [m for m in modules if isinstance(m, torch.nn.Linear)]
-    weights = [m.weight.detach().clone() for m in e3nn_linears]
+    weights = [m.weight.detach().clone() for m in e3nn_linears + products]
     dimer = water_dimer()
     before = {f: potential(potential.graph(dimer, f)) for f in ("PBE", "SCAN")}
     update = potential.add_low_rank_update("SCAN", rank=2)
-    assert len(update.updates) == len(e3nn_linears) + len(radial) + len(plain) and e3nn_linears and radial
+    assert len(update.updates) == len(e3nn_linears) + len(products) + len(radial) + len(plain) and e3nn_linears and products and radial
     torch.manual_seed(1)
     with torch.no_grad():  # a trained update, as far as these checks go: every B nonzero
         for name, parameter in update.named_parameters():
             if name.endswith(".b"):
                 parameter.normal_(0.0, 0.3)
 
+    def as_matrix(change):  # a "uvw" path (u, v, w) as (u v, w); one weight per channel (u,) as (u, 1)
+        return change.reshape(-1, change.shape[-1]) if change.dim() > 1 else change.reshape(-1, 1)
+
     with update.applied():
-        for layer, weight in zip(e3nn_linears, weights):
-            paths = [k for k, ins in enumerate(layer.instructions) if ins.i_in != -1]
-            changes = [layer.weight_view_for_instruction(k, layer.weight) - layer.weight_view_for_instruction(k, weight) for k in paths]
-            assert all(int(torch.linalg.matrix_rank(c.detach(), rtol=1e-10)) == min(2, *c.shape) for c in changes)
+        for layer, weight in zip(e3nn_linears + products, weights):
+            weighted = (lambda ins: ins.i_in != -1) if isinstance(layer, o3.Linear) else (lambda ins: ins.has_weight)
+            paths = [k for k, ins in enumerate(layer.instructions) if weighted(ins)]
+            changes = [as_matrix(layer.weight_view_for_instruction(k, layer.weight) - layer.weight_view_for_instruction(k, weight)).detach() for k in paths]
+            assert all(int(torch.linalg.matrix_rank(c, rtol=1e-10)) == min(2, *c.shape) for c in changes)
     after = {f: potential(potential.graph(dimer, f)) for f in ("PBE", "SCAN")}
     torch.testing.assert_close(after["PBE"]["forces"], before["PBE"]["forces"], rtol=0, atol=1e-12)
     assert float((after["SCAN"]["forces"] - before["SCAN"]["forces"]).abs().max()) > 1e-4

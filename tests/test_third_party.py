@@ -191,9 +191,10 @@ def test_fidelity_changes_energy_and_gets_gradients(two_fidelities):
 
 @pytest.mark.parametrize("name", ["mace", "nequip"])
 def test_a_fidelitys_own_update_reaches_the_model_and_moves_that_fidelity_only(name):
-    """Potential.add_low_rank_update on a wrapped model: its e3nn Linear layers get an update
-    per path (e3nn 0.4.4 for mace-torch, >= 0.6 for nequip), and with every update nonzero the
-    SCAN structure moves while the PBE one keeps its prediction."""
+    """Potential.add_low_rank_update on a wrapped model: its e3nn Linear layers and its tensor
+    products with weights of their own (mace's skip connection) get an update per path (e3nn
+    0.4.4 for mace-torch, >= 0.6 for nequip), and with every update nonzero the SCAN structure
+    moves while the PBE one keeps its prediction."""
     from fidelity_adapters.low_rank import PathsLowRankUpdate
 
     with torch.random.fork_rng(devices=[]):
