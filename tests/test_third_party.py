@@ -340,6 +340,28 @@ def test_round_trip_is_bit_for_bit(name, fidelities, tmp_path):
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), fidelity
 
 
+@pytest.mark.parametrize("name", ["mace", "nequip"])
+def test_a_fidelitys_own_update_is_saved_and_reloaded_bit_for_bit(name, tmp_path):
+    """A wrapped model fine-tuned with the target's own low-rank update (every B nonzero, as
+    after training) reloads with the update in place: the same parameters and predictions at
+    both fidelities."""
+    potential = trained_potential(name)
+    update = potential.add_low_rank_update("SCAN", rank=2)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in update.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    save_potential(potential, tmp_path / "model.safetensors")
+    loaded = load_potential(tmp_path / "model.safetensors").eval()
+    assert [(u.fidelity, u.rank) for u in loaded.fidelity_low_rank] == [(1, 2)]
+    saved_state, loaded_state = potential.state_dict(), loaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert [k for k in saved_state if not torch.equal(saved_state[k], loaded_state[k])] == []
+    for fidelity in ("PBE", "SCAN"):
+        want, got = predictions(potential, fidelity), predictions(loaded, fidelity)
+        assert all(torch.equal(want[k], got[k]) for k in want), fidelity
+
+
 def _set(config: dict, key: str, value):
     """Edit a (nested) model config entry in place: key "config.gate" etc."""
     *parents, last = key.split(".")
