@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 17 as one command, for a session that is lent a GPU machine (its image
+# has python3.12 with CUDA torch, torch-geometric, e3nn, numba, h5py; no network, nothing of ../shared).
+#
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh prepare
+#       here: the Python 3.12 wheels the image lacks, the MatPES weights and 8 SCAN water frames
+#       into .gpu/ (git-ignored)
+#   bash benchmarks/gpu_checks.sh run       # there (carry .gpu), writes logs and tables to $OUT
+#
+# `run`: the CUDA tests (train/evaluate on cuda equal cpu, TF32 takes effect and keeps forces),
+# one training run under torchrun on the nccl backend, the precision table on the GPU and the
+# M3GNet table against matgl 4.1.2 on the GPU. Each step's exit status is printed; every step
+# runs even if one before it failed, and the script fails if any did.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+GPU=.gpu
+PY=${PYTHON:-python3}
+WHEELS=(  # pinned to the dev environment's versions; matgl and its pydantic for benchmarks/m3gnet_vs_matgl.py
+  ase==3.29.0 lmdb==3.0.0 pymatgen==2026.10.24 pymatgen-core==2026.10.16 monty==2026.10.21 spglib==2.8.0
+  palettable==3.3.3 uncertainties==3.2.3 orjson==3.13.0 ruamel.yaml==0.19.1 ruamel.yaml.clib==0.2.15
+  matgl==4.1.2 torchdata==0.11.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+  typing-inspection==0.4.5 typing-extensions==4.16.0
+)
+
+prepare() {
+  mkdir -p "$GPU/wheels" "$GPU/pretrained"
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$GPU/wheels" "${WHEELS[@]}"
+  cp -r ../shared/pretrained/matgl "$GPU/pretrained/"
+  "$PY" - <<'EOF'
+import gzip  # the first 8 frames as text: ase's iread scans the whole 34 MB file first
+with gzip.open("../shared/data/water/scan_csiprinceton.extxyz.gz", "rt") as source, open(".gpu/scan_water_8.extxyz", "w") as out:
+    for _ in range(8):
+        count = source.readline()
+        out.write(count + "".join(source.readline() for _ in range(int(count) + 1)))
+EOF
+  du -sh "$GPU"
+}
+
+step() {  # step NAME COMMAND...: run, keep the log, remember a failure
+  echo "== $1"
+  "${@:2}" > "$OUT/$1.log" 2>&1
+  local status=$?
+  tail -n 15 "$OUT/$1.log"
+  echo "== $1: exit $status"
+  [ $status -eq 0 ] || failed+=("$1")
+}
+
+run() {
+  : "${OUT:?the device tool sets OUT, the folder whose files come back}"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD FIDELITY_ADAPTERS_PRETRAINED=$PWD/$GPU/pretrained PYTHONUNBUFFERED=1
+  failed=()
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/machine.txt"
+  python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT/machine.txt"
+  step cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_precision.py -k "cuda"
+  step nccl_train torchrun --nproc_per_node 1 -m fidelity_adapters.cli train "$GPU/scan_water_8.extxyz" --data-fidelity SCAN \
+    --val-fraction 0.25 --epochs 2 --batch-size 2 --out /tmp/nccl_run --device cuda
+  step precision python3 benchmarks/precision.py --data "$GPU/scan_water_8.extxyz" --frames 2 --device cuda --out "$OUT/precision_cuda.md"
+  step m3gnet_vs_matgl python3 benchmarks/m3gnet_vs_matgl.py --device cuda --out "$OUT/m3gnet_vs_matgl_cuda.md"
+  echo "failed: ${failed[*]:-none}"
+  [ ${#failed[@]} -eq 0 ]
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) run ;;
+  *) echo "usage: bash benchmarks/gpu_checks.sh prepare|run" >&2; exit 2 ;;
+esac
