@@ -65,11 +65,12 @@ UPDATES = (LowRankUpdate, PathsLowRankUpdate)
 def _update_for(layer: nn.Module, rank: int) -> nn.Module:
     weight = layer.weight
     if isinstance(layer, (o3.Linear, o3.TensorProduct)):
-        return PathsLowRankUpdate([_as_matrix(shape) for shape in weight_blocks(layer) if 0 not in shape], rank, weight.dtype, weight.device)
+        paths = [_as_matrix(shape) for shape in _weight_blocks(layer) if 0 not in shape]
+        return PathsLowRankUpdate(paths, rank, weight.dtype, weight.device)
     return LowRankUpdate(*weight.shape, rank, weight.dtype, weight.device)
 
 
-def weight_blocks(layer: o3.Linear | o3.TensorProduct) -> list[tuple[int, ...]]:
+def _weight_blocks(layer: o3.Linear | o3.TensorProduct) -> list[tuple[int, ...]]:
     """The shapes of the paths' blocks in an e3nn layer's flat weight, in their order there
     (a Linear's biases live in another tensor)."""
     if isinstance(layer, o3.Linear):
