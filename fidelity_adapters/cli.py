@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+MAX_ATOMS_HELP = "atoms per batch at most (a larger structure trains alone); memory grows with a batch's atoms (default: no limit)"
 REFIT_HELP = "after training, refit each model's reference energies around its network on its training set"
 
 
@@ -89,8 +90,8 @@ def _train(args) -> None:
     potential = m3gnet_potential(elements, fidelities, seed=args.seed).to(_device(args.device), network_dtype(args.precision))
     print(potential.describe())
     config = TrainConfig(
-        max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, force_weight=args.force_weight,
-        stress_weight=args.stress_weight, patience=args.patience, seed=args.seed, monitor=args.target,
+        max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, max_atoms=args.max_atoms,
+        force_weight=args.force_weight, stress_weight=args.stress_weight, patience=args.patience, seed=args.seed, monitor=args.target,
         refit_references=args.refit_references, workers=args.workers,
         sampling_ratios=dict(args.sampling_ratios) if args.sampling_ratios else None, sampling_temperature=args.sampling_temperature,
     )  # fmt: skip
@@ -402,7 +403,7 @@ def _finetune(args) -> None:
         val_ids, train_ids = train_ids[:1], train_ids[1:]
     mode = args.replay or _default_replay(entry(args.pretrained).library, args.trainable, replay)
     config = FinetuneConfig(
-        train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+        train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, max_atoms=args.max_atoms,
                           force_weight=args.force_weight, patience=args.patience, seed=args.seed),
         replay=mode, replay_ratio=args.replay_ratio, replay_weight=args.replay_weight, rattle=args.rattle,
         trainable=args.trainable, rank=args.rank,
@@ -511,6 +512,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=100)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--max-atoms", type=int, help=MAX_ATOMS_HELP)
     tr.add_argument("--force-weight", type=float, default=1.0)
     tr.add_argument("--stress-weight", type=float, default=0.0)
     tr.add_argument("--patience", type=int, default=200)
@@ -645,6 +647,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs", type=int, default=20)
     ft.add_argument("--lr", type=float, default=1e-4)
     ft.add_argument("--batch-size", type=int, default=4)
+    ft.add_argument("--max-atoms", type=int, help=MAX_ATOMS_HELP)
     ft.add_argument("--force-weight", type=float, default=1.0)
     ft.add_argument("--patience", type=int, default=200)
     ft.add_argument("--val-fraction", type=float, default=0.2)

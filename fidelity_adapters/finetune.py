@@ -207,12 +207,11 @@ def finetune(
     )
     if config.trainable == "lowrank":
         merge_in_place(potential)
-    steps = sum(1 for _ in range(0, len(train_structures) + len(replay_train), train_config.batch_size))
     report = {
         "pretrained": name, "base_fidelity": base, "target": target, "replay": config.replay,
         "settings": {k: v for k, v in asdict(config).items() if k != "train"} | {"train": asdict(train_config)},
         "n_target_train": len(train_structures), "n_replay_train": len(replay_train), "n_base_held_out": len(held_out),
-        "optimizer_steps": steps * (len(result.history)), "best_epoch": result.best_epoch,
+        "optimizer_steps": result.optimizer_steps, "best_epoch": result.best_epoch,
         "zero_shot": zero_shot, "before": before, "after": measured(),
     }  # fmt: skip
     if out_dir is not None:

@@ -19,6 +19,7 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import nn
 from torch_geometric.data import Batch
 
+from .batching import atom_limited
 from .data import LabelledStructure, chunks, from_atoms
 from .fidelity_state import FidelityState
 from .graph import AtomicGraph, build_graph
@@ -178,18 +179,10 @@ class Potential(nn.Module):
 
     def batches(self, structures, fidelity: str | None, batch_size: int = 16, max_atoms: int = INFERENCE_ATOMS):
         """(batch, its structures) for inference: consecutive structures, at most `batch_size`
-        of them and `max_atoms` atoms together (a larger structure goes alone), because memory
-        grows with atoms: 16 frames of 192 waters took SevenNet-MF-0 past 16 GB with forces."""
-        if batch_size < 1 or max_atoms < 1:
-            raise ValueError(f"batch_size and max_atoms must be >= 1, not {batch_size} and {max_atoms}")
-        chosen, atoms = [], 0
-        for structure in structures:
-            if chosen and (len(chosen) == batch_size or atoms + len(structure) > max_atoms):
-                yield self._batch_of(chosen, fidelity), chosen
-                chosen, atoms = [], 0
-            chosen.append(structure)
-            atoms += len(structure)
-        if chosen:
+        of them and `max_atoms` atoms together (batching.atom_limited)."""
+        structures = list(structures)
+        for group in atom_limited([len(s) for s in structures], batch_size, max_atoms):
+            chosen = [structures[k] for k in group]
             yield self._batch_of(chosen, fidelity), chosen
 
     def _batch_of(self, structures: list, fidelity: str | None) -> Batch:

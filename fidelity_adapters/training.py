@@ -36,6 +36,7 @@ from filelock import FileLock, Timeout
 from torch_geometric.data import Batch
 from tqdm.auto import tqdm
 
+from .batching import atom_limited
 from .data import LabelledStructure, fidelities_of
 from .distributed import World, world
 from .fidelity_sampling import epoch_order, probabilities
@@ -50,6 +51,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     final_lr_fraction: float = 0.01
     batch_size: int = 16
+    max_atoms: int | None = None  # atoms per batch at most (a larger structure goes alone); None: batch_size alone limits
     force_weight: float = 1.0
     stress_weight: float = 0.0
     patience: int = 200
@@ -74,6 +76,8 @@ class TrainConfig:
         for name, value in nonnegative.items():
             if not value >= 0:
                 raise ValueError(f"TrainConfig.{name} = {value}: must be >= 0")
+        if self.max_atoms is not None and not self.max_atoms > 0:
+            raise ValueError(f"TrainConfig.max_atoms = {self.max_atoms}: must be > 0 (or None, no atom limit)")
 
 
 @dataclass
@@ -81,6 +85,11 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Steps taken over all epochs: with an atom limit an epoch's count depends on its order."""
+        return sum(entry["steps"] for entry in self.history)
 
 
 def _check_data(potential: Potential, train, val, config: TrainConfig) -> None:
@@ -155,10 +164,10 @@ def validation_metrics(potential: Potential, graphs_by_fidelity: dict, config: T
     keys = ["e_se", "e_ae", "e_n", "f_se", "f_ae", "f_n"] + (["s_se", "s_n"] if config.stress_weight > 0 else [])
     totals: dict[str, float] = {}
     metrics: dict[str, float] = {}
-    for name, graphs in graphs_by_fidelity.items():
+    for name, (graphs, sizes) in graphs_by_fidelity.items():
         sums = dict.fromkeys(keys, 0.0)
         mine = world.shard(range(len(graphs)))
-        batches = [mine[start : start + config.batch_size] for start in range(0, len(mine), config.batch_size)]
+        batches = [[mine[k] for k in group] for group in atom_limited([sizes[k] for k in mine], config.batch_size, config.max_atoms)]
         for chunk in batched_graphs(graphs, batches, config.workers):
             for key, value in _loss_terms(potential, Batch.from_data_list(chunk), config, training=False).items():
                 sums[key] += float(value.detach())
@@ -211,15 +220,20 @@ def graphs_of(potential: Potential, structures: Sequence[LabelledStructure]):
 
 
 def graphs_by_fidelity(potential: Potential, structures: Sequence[LabelledStructure]) -> dict:
+    """{fidelity: (its graphs, their numbers of atoms)}."""
     if not isinstance(structures, ShardedStructures):
-        grouped: dict[str, list] = {}
+        grouped: dict[str, tuple[list, list]] = {}
         for s in structures:
-            grouped.setdefault(s.fidelity, []).append(potential.graph(s))
+            graphs, sizes = grouped.setdefault(s.fidelity, ([], []))
+            graphs.append(potential.graph(s))
+            sizes.append(len(s))
         return grouped
     positions: dict[str, list[int]] = {}
-    for k, s in enumerate(structures):  # one pass, keeping positions only
+    sizes: dict[str, list[int]] = {}
+    for k, s in enumerate(structures):  # one pass, keeping positions and sizes only
         positions.setdefault(s.fidelity, []).append(k)
-    return {name: GraphsOnDemand(potential, structures.subset(ids)) for name, ids in positions.items()}
+        sizes.setdefault(s.fidelity, []).append(len(s))
+    return {name: (GraphsOnDemand(potential, structures.subset(ids)), sizes[name]) for name, ids in positions.items()}
 
 
 def batched_graphs(graphs, batches: list[list[int]], workers: int):
@@ -313,6 +327,8 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         best_state = state["best_model"]
         start_epoch, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         history = json.loads(state["history"])
+        for entry in history:  # histories from before step counts: their epochs had ceil(n / batch_size) steps
+            entry.setdefault("steps", -(-len(train_structures) // config.batch_size))
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and potential.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], potential.device)
@@ -323,7 +339,8 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
 
     train_graphs = graphs_of(potential, train_structures)
     val_graphs = graphs_by_fidelity(potential, val_structures)
-    train_fidelities = [s.fidelity for s in train_structures]  # names only: a stream from disk is not held
+    labels = [(s.fidelity, len(s)) for s in train_structures]  # names and sizes only: a stream from disk is not held
+    train_fidelities, train_sizes = [name for name, _ in labels], [size for _, size in labels]
     shares = None
     if config.sampling_ratios is not None or config.sampling_temperature is not None:
         shares = probabilities(dict(Counter(train_fidelities)), config.sampling_ratios, config.sampling_temperature)
@@ -344,7 +361,8 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
             order = torch.randperm(len(train_graphs), generator=generator).tolist()
         else:
             order = epoch_order(train_fidelities, shares, generator)
-        batches = [order[start : start + config.batch_size] for start in range(0, len(order), config.batch_size)]
+        groups = atom_limited([train_sizes[k] for k in order], config.batch_size, config.max_atoms)
+        batches = [[order[k] for k in group] for group in groups]
         if ranks.size > 1:  # each rank gets the global batch's fidelity mix, to within one structure per fidelity
             batches = [ranks.shard(sorted(b, key=lambda k: train_fidelities[k])) for b in batches]
         for graphs in batched_graphs(train_graphs, batches, config.workers):
@@ -355,7 +373,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         scheduler.step()
         potential.eval()
         metrics = validation_metrics(potential, val_graphs, config, ranks)
-        metrics.update(epoch=epoch, train_loss=train_loss / n_batches, lr=scheduler.get_last_lr()[0])
+        metrics.update(epoch=epoch, train_loss=train_loss / n_batches, lr=scheduler.get_last_lr()[0], steps=n_batches)
         metrics.update({f"{name}/seen": n for name, n in Counter(train_fidelities[k] for k in order).items()})
         history.append(metrics)
         if metrics["loss"] < best_loss:

@@ -139,10 +139,12 @@ def test_cli_finetune_uses_base_frames_as_replay(clusters, tmp_path, capsys):
         atoms.arrays["forces"] = s.forces
     ase.io.write(path, frames)
     out = tmp_path / "run"
-    assert cli.main(["finetune", str(path), "--from", PBE_MODEL, "--target", "SCAN", "--out", str(out), "--epochs", "1"]) == 0
+    command = ["finetune", str(path), "--from", PBE_MODEL, "--target", "SCAN", "--out", str(out), "--epochs", "1", "--max-atoms", "1"]
+    assert cli.main(command) == 0
     assert "replay data" in capsys.readouterr().out
     report = json.loads((out / "finetune_report.json").read_text())
     assert report["n_replay_train"] == 3 and report["n_base_held_out"] == 1  # a fifth of the replay held out
+    assert report["optimizer_steps"] == report["n_target_train"] + report["n_replay_train"]  # one structure per batch
     assert np.isfinite(report["after"]["target_val"]["force_mae"])
     assert (out / "model.safetensors").exists()
 

@@ -125,7 +125,7 @@ def foundation_delta(
 
     train_set, val_set = differences(train_structures), differences(val_structures)
     result = train(delta, train_set, val_set, replace(config, monitor=DELTA), out_dir)
-    return DeltaPotential(foundation, base, delta), len(result.history) * -(-len(train_set) // config.batch_size)
+    return DeltaPotential(foundation, base, delta), result.optimizer_steps
 
 
 def fit_foundation_delta(task: Task) -> Fitted:
