@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_ATOMS_HELP = "atoms per batch at most (a larger structure trains alone); memory grows with a batch's atoms (default: no limit)"
 REFIT_HELP = "after training, refit each model's reference energies around its network on its training set"
 
 
@@ -463,6 +462,19 @@ def _device_option(command: argparse.ArgumentParser, precision: str | None = Non
                               + (precision or "as the model was saved") + ")")  # fmt: skip
 
 
+def _schedule_options(command: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int, val_fraction: float) -> None:
+    """The training schedule's options of `train` and `finetune` (their defaults differ)."""
+    command.add_argument("--epochs", type=int, default=epochs)
+    command.add_argument("--lr", type=float, default=lr)
+    command.add_argument("--batch-size", type=int, default=batch_size)
+    command.add_argument("--max-atoms", type=int, help="atoms per batch at most (a larger structure trains alone); "
+                                                       "memory grows with a batch's atoms (default: no limit)")
+    command.add_argument("--force-weight", type=float, default=1.0)
+    command.add_argument("--patience", type=int, default=200)
+    command.add_argument("--val-fraction", type=float, default=val_fraction)
+    command.add_argument("--seed", type=int, default=0)
+
+
 def _data_fidelity_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--data-fidelity", help="fidelity of the frames without info['fidelity'] (frames that name one keep it)")
 
@@ -509,15 +521,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--fidelities", nargs="+", help="fidelity names in model order (default: as found in the data)")
     tr.add_argument("--target", help="fidelity whose validation loss picks the best epoch")
     _frame_options(tr)
-    tr.add_argument("--epochs", type=int, default=100)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--batch-size", type=int, default=16)
-    tr.add_argument("--max-atoms", type=int, help=MAX_ATOMS_HELP)
-    tr.add_argument("--force-weight", type=float, default=1.0)
+    _schedule_options(tr, epochs=100, lr=1e-3, batch_size=16, val_fraction=0.1)
     tr.add_argument("--stress-weight", type=float, default=0.0)
-    tr.add_argument("--patience", type=int, default=200)
-    tr.add_argument("--val-fraction", type=float, default=0.1)
-    tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--refit-references", action="store_true", help=REFIT_HELP)
     tr.add_argument("--workers", type=int, default=0, help="DataLoader processes building the graphs of prepared (on-disk) data")
     tr.add_argument("--sampling-ratios", nargs="+", type=_named_value, metavar="FIDELITY=SHARE",
@@ -644,15 +649,8 @@ def parser() -> argparse.ArgumentParser:
                     help="all; adapter (M3GNet: state path + readout; SevenNet: lowrank-target); lowrank (shared, merged); "
                          "lowrank-target (the target's own update, the base level kept exactly)")
     ft.add_argument("--rank", type=int, default=8, help="rank of the low-rank updates (lowrank, lowrank-target, or adapter on a SevenNet)")
-    ft.add_argument("--epochs", type=int, default=20)
-    ft.add_argument("--lr", type=float, default=1e-4)
-    ft.add_argument("--batch-size", type=int, default=4)
-    ft.add_argument("--max-atoms", type=int, help=MAX_ATOMS_HELP)
-    ft.add_argument("--force-weight", type=float, default=1.0)
-    ft.add_argument("--patience", type=int, default=200)
-    ft.add_argument("--val-fraction", type=float, default=0.2)
+    _schedule_options(ft, epochs=20, lr=1e-4, batch_size=4, val_fraction=0.2)
     ft.add_argument("--limit", type=int, help="read at most this many frames per data file")
-    ft.add_argument("--seed", type=int, default=0)
     ft.set_defaults(func=_finetune)
 
     lab = _command(sub, "label", help="DFT labels (PySCF) for molecules and clusters at a named fidelity, or a check that they are converged")
