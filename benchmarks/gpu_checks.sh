@@ -56,7 +56,7 @@ run() {
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT/machine.txt"
   step cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_precision.py -k "cuda"
   step nccl_train torchrun --nproc_per_node 1 -m fidelity_adapters.cli train "$GPU/scan_water_8.extxyz" --data-fidelity SCAN \
-    --val-fraction 0.25 --epochs 2 --batch-size 2 --out /tmp/nccl_run --device cuda
+    --val-fraction 0.25 --epochs 2 --max-atoms 1728 --out /tmp/nccl_run --device cuda
   step precision python3 benchmarks/precision.py --data "$GPU/scan_water_8.extxyz" --frames 2 --device cuda --out "$OUT/precision_cuda.md"
   step m3gnet_vs_matgl python3 benchmarks/m3gnet_vs_matgl.py --device cuda --out "$OUT/m3gnet_vs_matgl_cuda.md"
   echo "failed: ${failed[*]:-none}"
