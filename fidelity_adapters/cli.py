@@ -146,7 +146,7 @@ def _compare(args) -> None:
     flags = {
         "data": args.data or None, "lofi": args.lofi, "hifi": args.hifi, "strategies": args.strategies,
         "fractions": args.fractions, "seeds": args.seeds, "sampling": args.sampling, "every": args.every,
-        "limit": args.limit, "geometries": args.geometries, "epochs": args.epochs, "batch_size": args.batch_size, "freeze": args.freeze,
+        "limit": args.limit, "geometries": args.geometries, "epochs": args.epochs, "batch_size": args.batch_size, "max_atoms": args.max_atoms, "freeze": args.freeze,
         "force_weight": args.force_weight, "backbone": args.backbone, "refit_references": args.refit_references,
         "pretrained": args.pretrained, "pretrained_base": args.pretrained_base,
     }  # fmt: skip
@@ -558,6 +558,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--geometries", type=int, help="at most this many geometries (struct_id), all their labels kept")
     cmp.add_argument("--epochs", type=int)
     cmp.add_argument("--batch-size", type=int)
+    cmp.add_argument("--max-atoms", type=int, help="atoms per training batch at most (default: no limit)")
     cmp.add_argument("--force-weight", type=float, help="weight of the force term (0: energies only)")
     cmp.add_argument("--backbone", help="M3GNet (default), MACEStyle or NequIPStyle")
     cmp.add_argument("--refit-references", action="store_true", default=None, help=REFIT_HELP)

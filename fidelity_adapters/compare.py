@@ -57,6 +57,7 @@ class CompareSettings:
     holdout_fraction: float = 0.2
     epochs: int = 100
     batch_size: int = 16
+    max_atoms: int | None = None  # atoms per training batch at most (TrainConfig.max_atoms); None: no limit
     learning_rate: float = 1e-3
     force_weight: float = 1.0
     refit_references: bool = False  # after training, refit each model's references around its network
@@ -228,7 +229,7 @@ class Comparison:
         self.structures = load_data(settings)
         self.config = TrainConfig(
             max_epochs=settings.epochs, learning_rate=settings.learning_rate, batch_size=settings.batch_size,
-            force_weight=settings.force_weight, patience=settings.patience, progress=False,
+            max_atoms=settings.max_atoms, force_weight=settings.force_weight, patience=settings.patience, progress=False,
             refit_references=settings.refit_references,
         )  # fmt: skip
         self._features: dict[int, dict[int, list[float]]] = {}

@@ -131,6 +131,11 @@ def test_cli_compare_reads_yaml_and_flags(cu_file, tmp_path, capsys):
     assert json.loads((tmp_path / "refit" / "settings.json").read_text())["refit_references"] is True
     assert refit["force_mae"] == pytest.approx(plain["force_mae"])  # same training; the refit shifts energies only
     assert refit["energy_bias_per_atom"] != pytest.approx(plain["energy_bias_per_atom"])
+    flags = ["--strategies", "single", "--max-atoms", "4", "--out", str(tmp_path / "capped")]
+    assert cli.main(["compare", "--config", str(config), *flags]) == 0
+    (capped,) = read_results(tmp_path / "capped")["records"]
+    assert json.loads((tmp_path / "capped" / "settings.json").read_text())["max_atoms"] == 4
+    assert capped["force_mae"] != pytest.approx(plain["force_mae"])  # one 4-atom cell per step: other training
     (tmp_path / "bad.yaml").write_text("- a list\n")
     assert cli.main(["compare", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "x")]) == 2
     assert "mapping" in capsys.readouterr().err
