@@ -1,6 +1,7 @@
 """Data-parallel training over 2 processes (gloo, CPU): one step's gradients equal the
 single-process gradients of the union batch, a 2-process run equals a 1-process run with the
-same global batch, and a killed 2-process run resumes to the weights of an uninterrupted one."""
+same global batch (capped by atoms too), and a killed 2-process run resumes to the weights of
+an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -114,3 +115,18 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(tmp_path):
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)  # bit for bit
         torch.testing.assert_close(value, single.state_dict()[key], rtol=1e-9, atol=1e-12)  # as one process
     assert not list((tmp_path / "two").glob("*rank*"))  # rank 0 alone writes
+
+
+def test_two_processes_with_an_atom_limit_train_as_one(tmp_path):
+    """Batches capped by atoms are cut from the global order before sharding, the same on every rank."""
+    from fidelity_adapters.training import train
+
+    capped = {"max_atoms": 12}  # two 6-atom dimers per global batch instead of four
+    single = small_potential(["H", "O"], ["PBE", "SCAN"])
+    data = labelled_dimers()
+    result = train(single, data[:8], data[8:], TrainConfig(batch_size=4, max_epochs=2, progress=False, **capped))
+    assert result.optimizer_steps == 8
+    run_two("train", tmp_path / "two", config=capped)
+    two = torch.load(tmp_path / "two" / "final.pt", weights_only=True)
+    for key, value in two.items():
+        torch.testing.assert_close(value, single.state_dict()[key], rtol=1e-9, atol=1e-12)
