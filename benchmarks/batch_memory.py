@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from fidelity_adapters.compare import cpu_model
 from table_output import publish
 
 CHILD = r"""
@@ -64,7 +64,7 @@ def main() -> None:
     atoms = "/".join(str(n) for n in sorted(sizes)) or "?"
     lines = [
         f"One training epoch, {args.frames - 1} frames of {atoms} atoms ({Path(args.data).name}), default M3GNet, batch 16; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads.",
+        f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__}, {args.threads} threads.",
         "",
         "| max_atoms | optimizer steps | peak memory (GiB) | seconds |",
         "|---|---:|---:|---:|",

@@ -181,8 +181,7 @@ class Potential(nn.Module):
         """(batch, its structures) for inference: consecutive structures, at most `batch_size`
         of them and `max_atoms` atoms together (batching.atom_limited)."""
         structures = list(structures)
-        for group in atom_limited([len(s) for s in structures], batch_size, max_atoms):
-            chosen = [structures[k] for k in group]
+        for chosen in atom_limited(structures, [len(s) for s in structures], batch_size, max_atoms):
             yield self._batch_of(chosen, fidelity), chosen
 
     def _batch_of(self, structures: list, fidelity: str | None) -> Batch:

@@ -167,7 +167,7 @@ def validation_metrics(potential: Potential, graphs_by_fidelity: dict, config: T
     for name, (graphs, sizes) in graphs_by_fidelity.items():
         sums = dict.fromkeys(keys, 0.0)
         mine = world.shard(range(len(graphs)))
-        batches = [[mine[k] for k in group] for group in atom_limited([sizes[k] for k in mine], config.batch_size, config.max_atoms)]
+        batches = atom_limited(mine, [sizes[k] for k in mine], config.batch_size, config.max_atoms)
         for chunk in batched_graphs(graphs, batches, config.workers):
             for key, value in _loss_terms(potential, Batch.from_data_list(chunk), config, training=False).items():
                 sums[key] += float(value.detach())
@@ -361,8 +361,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
             order = torch.randperm(len(train_graphs), generator=generator).tolist()
         else:
             order = epoch_order(train_fidelities, shares, generator)
-        groups = atom_limited([train_sizes[k] for k in order], config.batch_size, config.max_atoms)
-        batches = [[order[k] for k in group] for group in groups]
+        batches = atom_limited(order, [train_sizes[k] for k in order], config.batch_size, config.max_atoms)
         if ranks.size > 1:  # each rank gets the global batch's fidelity mix, to within one structure per fidelity
             batches = [ranks.shard(sorted(b, key=lambda k: train_fidelities[k])) for b in batches]
         for graphs in batched_graphs(train_graphs, batches, config.workers):

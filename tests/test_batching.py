@@ -16,13 +16,14 @@ from test_training import cu_potential, emt_structures
 
 def test_groups_keep_order_and_both_limits_and_a_large_structure_goes_alone():
     sizes = [3, 3, 3, 10, 2, 2, 2, 2, 2]
-    groups = atom_limited(sizes, batch_size=3, max_atoms=6)
+    positions = list(range(len(sizes)))
+    groups = atom_limited(positions, sizes, batch_size=3, max_atoms=6)
     assert groups == [[0, 1], [2], [3], [4, 5, 6], [7, 8]]
-    assert atom_limited(sizes, batch_size=4, max_atoms=None) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
-    assert atom_limited([], batch_size=4, max_atoms=8) == []
+    assert atom_limited(positions, sizes, batch_size=4, max_atoms=None) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    assert atom_limited([], [], batch_size=4, max_atoms=8) == []
     for batch_size, max_atoms in ((0, 8), (4, 0)):
         with pytest.raises(ValueError, match="must be >= 1"):
-            atom_limited(sizes, batch_size, max_atoms)
+            atom_limited(positions, sizes, batch_size, max_atoms)
     with pytest.raises(ValueError, match="max_atoms = 0"):
         TrainConfig(max_atoms=0)
 
