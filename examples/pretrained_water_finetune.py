@@ -6,7 +6,7 @@ models fine-tuned with and without replay, on the same split.
         [--out docs/results/pretrained/water_dcr2scan] [--train-frames 2] [--epochs 8] [--seed 0]
     python examples/pretrained_water_finetune.py --data ../shared/data/water/scan_csiprinceton.extxyz.gz \
         --target SCAN --start 1781 --every 1 --test-frames 20 --val-frames 2 --train-frames 6 \
-        --runs sevenn-zero-shot sevenn-adapter sevenn-transfer --lr 1e-3 --epochs 10 --out ...
+        --runs sevenn-zero-shot sevenn-adapter sevenn-transfer --lr 1e-3 --epochs 10 [--rank 8] --out ...
 
 Frames: `--start`, then every `--every`-th frame of the file (default: every 72nd of the shared
 DC-r2SCAN set, 31 frames of 768 atoms, 198-368 K); a seeded permutation gives the test frames,
@@ -49,10 +49,12 @@ RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot, "d
     "matpes-r2scan-mfi-adapter": ("mfi adapter, distill replay, adapter only", MATPES_R2SCAN, "r2SCAN",
                                   dict(replay="distill", trainable="adapter")),
     "matpes-pbe-mfi": ("mfi adapter, distill replay, all weights", MATPES_PBE, "PBE", dict(replay="distill")),
-    "sevenn-adapter": ("mfi, low-rank adapter rank 8, no replay", SEVENN_MF0, "r2SCAN",
+    "sevenn-adapter": ("mfi, low-rank adapter rank {rank}, no replay", SEVENN_MF0, "r2SCAN",
                        dict(replay="none", trainable="adapter", rank=8)),
+    "sevenn-adapter-radial": ("mfi, low-rank adapter rank {rank} with radial networks, no replay", SEVENN_MF0, "r2SCAN",
+                              dict(replay="none", trainable="adapter", rank=8, radial=True)),
     "sevenn-transfer": ("fine-tune, no replay (transfer)", SEVENN_MF0, "r2SCAN", dict(replay="none")),
-    "matpes-r2scan-lowrank-target": ("mfi, the target's own low-rank update rank 8, no replay", MATPES_R2SCAN, "r2SCAN",
+    "matpes-r2scan-lowrank-target": ("mfi, the target's own low-rank update rank {rank}, no replay", MATPES_R2SCAN, "r2SCAN",
                                      dict(replay="none", trainable="lowrank-target", rank=8)),
     "matpes-r2scan-delta": ("Delta: frozen model + from-scratch M3GNet", MATPES_R2SCAN, "r2SCAN", "delta"),
     "sevenn-delta": ("Delta: frozen model + from-scratch M3GNet", SEVENN_MF0, "r2SCAN", "delta"),
@@ -90,6 +92,7 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--delta-epochs", type=int, default=100, help="epochs of the from-scratch model in Delta runs")
     parser.add_argument("--delta-lr", type=float, default=1e-3, help="its learning rate")
+    parser.add_argument("--rank", type=int, help="rank of the low-rank runs' updates (default: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -107,6 +110,9 @@ def main(argv=None):
     records = []
     for key in args.runs:
         label, name, base, settings = RUNS[key]
+        if isinstance(settings, dict) and "rank" in settings:
+            settings = settings | ({"rank": args.rank} if args.rank else {})
+            label = label.format(rank=settings["rank"])
         if entry(name).locate()[0] is None:
             print(f"skipped {name}: {entry(name).locate()[1]}")
             continue

@@ -141,8 +141,9 @@ def test_export_command_and_calculator(water_potential, tmp_path, capsys):
 def test_exported_sevenn_mf0_equals_eager(tmp_path):
     """SevenNet-MF-0 (float32, through its adapter and the export context that keeps sevenn's
     atom count symbolic) exports at each of its fidelities, and at an added one with a low-rank
-    update (its forward hooks traced into the file), and agrees with the eager model on a
-    molecule, a crystal and a triclinic cell. In a fresh interpreter, as for the e3nn check."""
+    update of its e3nn layers and radial networks (their forward hooks traced into the file),
+    and agrees with the eager model on a molecule, a crystal and a triclinic cell. In a fresh
+    interpreter, as for the e3nn check."""
     pytest.importorskip("sevenn")
     in_fresh_interpreter(export_sevenn_mf0, tmp_path)
 
@@ -154,7 +155,7 @@ def export_sevenn_mf0(tmp_path):
     torch.set_num_threads(1)
     potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
     with torch.no_grad():  # as if trained: the update changes SCAN's predictions
-        for parameter in add_low_rank_update(potential, "SCAN", rank=2).parameters():
+        for parameter in add_low_rank_update(potential, "SCAN", rank=2, radial=True).parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     energies = []
     for fidelity in potential.fidelities:

@@ -253,6 +253,7 @@ def test_low_rank_update_moves_its_fidelity_only():
     before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
     update = add_low_rank_update(potential, "SCAN", rank=4)
     assert len(update.updates) == 13  # the species embedding, the 11 modal layers, the energy layer
+    assert len(update.radial_updates) == 0  # radial networks only when asked
     with pytest.raises(ValueError, match="has a low-rank update already"):
         add_low_rank_update(potential, "SCAN", rank=4)
     for key, value in evaluate(FidelityCalculator(potential, "SCAN"), atoms).items():
@@ -286,6 +287,46 @@ def test_low_rank_update_moves_its_fidelity_only():
         layer(torch.zeros(2, layer.irreps_in.dim, dtype=torch.float64))
 
 
+def test_radial_update_moves_its_fidelitys_edges_only():
+    """radial=True: the last layer of each of the five convolutions' radial networks gets an
+    update too. Moved on its own (the e3nn layers' updates left at zero), it changes the
+    target's energy and forces, keeps them rotation invariant / equivariant, leaves every other
+    fidelity bit for bit, and a force loss reaches it through the edges (double backward)."""
+    from scipy.spatial.transform import Rotation
+
+    from fidelity_adapters.third_party.sevenn import add_low_rank_update
+
+    potential = add_fidelity(load_sevenn("7net-mf-0").double(), "SCAN", like="r2SCAN")
+    atoms = triclinic_oxide()
+    before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    update = add_low_rank_update(potential, "SCAN", rank=4, radial=True)
+    assert len(update.radial_updates) == 5
+    for key, value in evaluate(FidelityCalculator(potential, "SCAN"), atoms).items():
+        np.testing.assert_array_equal(value, before["SCAN"][key])  # B = 0: no change yet
+    with torch.no_grad():
+        for parameter in update.radial_updates.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    after = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    for f in ("r2SCAN", "PBE"):
+        for key in ("energy", "forces", "stress"):
+            np.testing.assert_array_equal(after[f][key], before[f][key])
+    assert abs(after["SCAN"]["energy"] - before["SCAN"]["energy"]) > 1e-4
+    assert np.abs(after["SCAN"]["forces"] - before["SCAN"]["forces"]).max() > 1e-4
+
+    rotation = Rotation.from_euler("xyz", [-0.7, 0.3, 1.1])
+    turned = atoms.copy()
+    turned.positions, turned.cell = rotation.apply(atoms.positions), rotation.apply(np.asarray(atoms.cell))
+    moved = evaluate(FidelityCalculator(potential, "SCAN"), turned)
+    assert moved["energy"] == pytest.approx(after["SCAN"]["energy"], rel=1e-12, abs=1e-10)
+    np.testing.assert_allclose(moved["forces"], rotation.apply(after["SCAN"]["forces"]), rtol=0, atol=1e-10)
+
+    potential.requires_grad_(False)
+    update.radial_updates.requires_grad_(True)
+    out = potential(potential.graph(atoms, "SCAN"), forces=True, training=True)
+    grads = torch.autograd.grad(out["forces"].pow(2).sum(), list(update.radial_updates.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
 def test_new_name_on_an_existing_modality():
     potential = load_sevenn("7net-mf-0", ["r2SCAN", "PBE", "SCAN"], modal_map={"SCAN": "R2SCAN"}).double()
     assert potential.backbone.modals == ["R2SCAN", "PBE", "R2SCAN"]
@@ -313,7 +354,7 @@ def test_wrap_third_party_takes_a_raw_sevenn_model():
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("how", ["added-modality", "low-rank", "film"])
+@pytest.mark.parametrize("how", ["added-modality", "low-rank", "low-rank-radial", "film"])
 def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
     """Saved as the recipe that rebuilds it (checkpoint, fidelities, modalities, added
     fidelities, FiLM) plus every tensor: trained weights and references come back bit for bit;
@@ -324,8 +365,8 @@ def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
 
     if how != "film":
         potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
-        if how == "low-rank":
-            add_low_rank_update(potential, "SCAN", rank=3)
+        if how.startswith("low-rank"):
+            add_low_rank_update(potential, "SCAN", rank=3, radial=how.endswith("radial"))
     else:
         potential = load_sevenn("7net-0", ["PBE", "SCAN"], inject=("messages",), inject_dim=4)
     with torch.no_grad():  # as if fine-tuned: every weight moved, so defaults cannot pass for the saved ones
@@ -342,3 +383,19 @@ def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
         got, want = evaluate(FidelityCalculator(reloaded, fidelity), atoms), evaluate(FidelityCalculator(potential, fidelity), atoms)
         for key in want:
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
+
+
+def test_a_recipe_saved_before_radial_updates_rebuilds_without_them():
+    """Files saved before radial updates existed list an update as [fidelity, rank]."""
+    import copy
+
+    from fidelity_adapters.third_party.sevenn import add_low_rank_update, rebuild_sevenn
+
+    potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
+    add_low_rank_update(potential, "SCAN", rank=3, radial=True)
+    recipe = copy.deepcopy(potential.backbone.recipe)
+    assert recipe["updates"] == [["SCAN", 3, True]]
+    assert len(rebuild_sevenn(recipe).backbone.fidelity_updates[0].radial_updates) == 5
+    recipe["updates"] = [["SCAN", 3]]
+    (update,) = rebuild_sevenn(recipe).backbone.fidelity_updates
+    assert update.rank == 3 and len(update.radial_updates) == 0

@@ -137,8 +137,9 @@ class SevennBackbone(ThirdPartyBackbone):
             data[KEY.MODAL_TYPE] = modal
         with ExitStack() as stack:
             atom_fidelity = graph.fidelity.reshape(-1)[batch] if len(self.fidelity_updates) else None
+            edge_fidelity = atom_fidelity[graph.edge_index[0]] if atom_fidelity is not None else None
             for update in self.fidelity_updates:
-                stack.enter_context(update.atoms(atom_fidelity))
+                stack.enter_context(update.atoms(atom_fidelity, edge_fidelity))
             for module in self.model:
                 if isinstance(module, AtomReduce):  # sevenn sums the energy here; then its own forces
                     break
@@ -298,15 +299,15 @@ def rebuild_sevenn(recipe: dict) -> Potential:
     )
     for new, like in recipe["added"]:
         add_fidelity(potential, new, like=like)
-    for fidelity, rank in recipe.get("updates", []):  # absent in files saved before updates existed
-        add_low_rank_update(potential, fidelity, rank)
+    for fidelity, rank, *radial in recipe.get("updates", []):  # absent in files saved before updates existed
+        add_low_rank_update(potential, fidelity, rank, radial=bool(radial and radial[0]))  # [f, r] before radial ones
     return potential
 
 
-def add_low_rank_update(potential: Potential, fidelity: str, rank: int = 8) -> nn.Module:
+def add_low_rank_update(potential: Potential, fidelity: str, rank: int = 8, radial: bool = False) -> nn.Module:
     """Give `fidelity` (of a potential over a sevenn model) its own rank-`rank` update of every
-    e3nn linear layer, applied only to its atoms (sevenn_low_rank.py); it starts at zero, so no
-    prediction changes. Returns the update: train its parameters with the model's frozen, and
+    e3nn linear layer, applied only to its atoms (sevenn_low_rank.py), and with `radial` of
+    every radial network, on its atoms' edges; it starts at zero, so no prediction changes. Returns the update: train its parameters with the model's frozen, and
     every other fidelity keeps its predictions exactly."""
     from .sevenn_low_rank import FidelityLowRank
 
@@ -317,10 +318,10 @@ def add_low_rank_update(potential: Potential, fidelity: str, rank: int = 8) -> n
     if any(u.fidelity == index for u in backbone.fidelity_updates):
         raise ValueError(f"fidelity {fidelity!r} has a low-rank update already")
     with torch.random.fork_rng(devices=[]):  # its random first factor leaves the caller's generator alone
-        update = FidelityLowRank(backbone.model, index, rank)
+        update = FidelityLowRank(backbone.model, index, rank, radial)
     backbone.fidelity_updates.append(update)
     if backbone.recipe is not None:
-        backbone.recipe.setdefault("updates", []).append([fidelity, rank])
+        backbone.recipe.setdefault("updates", []).append([fidelity, rank, radial])
     return update
 
 

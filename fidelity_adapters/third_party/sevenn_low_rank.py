@@ -4,6 +4,12 @@ only, a trainable low-rank update (LoRA, Hu et al. 2021) plus a bias on its 0e o
 
     add_fidelity(potential, "SCAN", like="r2SCAN")      # a copied modality (sevenn.py)
     add_low_rank_update(potential, "SCAN", rank=8)      # SCAN atoms: W + B A in every layer
+    add_low_rank_update(potential, "SCAN", radial=True) # and SCAN edges: in every radial network
+
+With `radial`, the last layer of each convolution's radial network (the MLP that turns an
+edge's length into its tensor-product weights) gets a rank-`rank` update too, on the edges of
+that fidelity's atoms: the e3nn linears cannot change how strongly a pair interacts at a given
+distance, which is where the levels of theory differ most (repulsion, hydrogen bonds).
 
 Why: a modality copied from the base one moves only through its one-hot columns (a bias per
 layer), and fine-tuning the shared weights with replay trades the target's accuracy against
@@ -53,20 +59,42 @@ class PathLowRank(nn.Module):
         return self.delta(x[..., : self.n_features], weight, self.bias)
 
 
+class RadialLowRank(nn.Module):
+    """A rank-`rank` update B A of the last layer of an e3nn FullyConnectedNet (a linear map
+    without activation, normalised as e3nn normalises it); starts at zero."""
+
+    def __init__(self, layer: nn.Module, rank: int):
+        super().__init__()
+        if layer.act is not None:
+            raise ValueError("a radial update needs a radial network whose last layer has no activation")
+        h_in, h_out = layer.weight.shape
+        r = min(rank, h_in, h_out)
+        self.a = nn.Parameter(torch.empty(h_in, r))
+        nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
+        self.b = nn.Parameter(torch.zeros(r, h_out))
+        self.norm = (layer.h_in * layer.var_in / layer.var_out) ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.a) @ self.b * self.norm
+
+
 class FidelityLowRank(nn.Module):
     """The updates of one fidelity (our index `fidelity`), added by forward hooks to the
-    outputs of the model's e3nn linear layers on that fidelity's atoms. The atoms' fidelities
-    are set around each model call (`with update.atoms(index): ...`); a hook that fires outside
-    is an error, so the model cannot run with the update silently applied to no one."""
+    outputs of the model's e3nn linear layers on that fidelity's atoms (and with `radial` to
+    its radial networks' outputs on its atoms' edges). The fidelities are set around each model
+    call (`with update.atoms(atom_index, edge_index): ...`); a hook that fires outside is an
+    error, so the model cannot run with the update silently applied to no one."""
 
-    def __init__(self, model: nn.Module, fidelity: int, rank: int):
+    def __init__(self, model: nn.Module, fidelity: int, rank: int, radial: bool = False):
+        from sevenn.nn.convolution import IrrepsConvolution
         from sevenn.nn.linear import IrrepsLinear
 
         super().__init__()
         if rank < 1:
             raise ValueError(f"the rank of a low-rank update must be >= 1, not {rank}")
-        self.fidelity, self.rank = fidelity, rank
+        self.fidelity, self.rank, self.radial = fidelity, rank, radial
         self._atom_fidelity: torch.Tensor | None = None
+        self._edge_fidelity: torch.Tensor | None = None
         layers = [m for m in model if isinstance(m, IrrepsLinear)]
         self.updates = nn.ModuleList()
         for layer in layers:
@@ -78,18 +106,33 @@ class FidelityLowRank(nn.Module):
             self.updates.append(update)
             # a partial of a bound method, not a closure: a deep copy of the model hooks the copy
             layer.linear.register_forward_hook(partial(self._add, update))
+        self.radial_updates = nn.ModuleList()
+        convolutions = [m for m in model if isinstance(m, IrrepsConvolution)] if radial else []
+        if radial and not convolutions:
+            raise ValueError("radial=True needs a sevenn model with IrrepsConvolution layers")
+        for convolution in convolutions:
+            last = list(convolution.weight_nn)[-1]
+            update = RadialLowRank(last, rank).to(device=last.weight.device, dtype=last.weight.dtype)
+            self.radial_updates.append(update)
+            last.register_forward_hook(partial(self._add_on_edges, update))
 
     @contextmanager
-    def atoms(self, atom_fidelity: torch.Tensor):
-        """Each atom's fidelity index (N,) for the model calls inside the block."""
-        self._atom_fidelity = atom_fidelity
+    def atoms(self, atom_fidelity: torch.Tensor, edge_fidelity: torch.Tensor):
+        """Each atom's fidelity index (N,) and each edge's (E,: its centre atom's) for the
+        model calls inside the block."""
+        self._atom_fidelity, self._edge_fidelity = atom_fidelity, edge_fidelity
         try:
             yield
         finally:
-            self._atom_fidelity = None
+            self._atom_fidelity = self._edge_fidelity = None
 
     def _add(self, update: PathLowRank, module, args, output):
-        if self._atom_fidelity is None:
+        return output + self._mask(self._atom_fidelity, output) * update(args[0])
+
+    def _add_on_edges(self, update: RadialLowRank, module, args, output):
+        return output + self._mask(self._edge_fidelity, output) * update(args[0])
+
+    def _mask(self, fidelity: torch.Tensor | None, output: torch.Tensor) -> torch.Tensor:
+        if fidelity is None:
             raise RuntimeError("a SevenNet low-rank update fired with no atom fidelities set: call the model through its Potential")
-        mine = (self._atom_fidelity == self.fidelity).unsqueeze(-1).to(output.dtype)
-        return output + mine * update(args[0])
+        return (fidelity == self.fidelity).unsqueeze(-1).to(output.dtype)
