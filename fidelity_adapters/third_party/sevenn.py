@@ -307,8 +307,9 @@ def rebuild_sevenn(recipe: dict) -> Potential:
 def add_low_rank_update(potential: Potential, fidelity: str, rank: int = 8, radial: bool = False) -> nn.Module:
     """Give `fidelity` (of a potential over a sevenn model) its own rank-`rank` update of every
     e3nn linear layer, applied only to its atoms (sevenn_low_rank.py), and with `radial` of
-    every radial network, on its atoms' edges; it starts at zero, so no prediction changes. Returns the update: train its parameters with the model's frozen, and
-    every other fidelity keeps its predictions exactly."""
+    every radial network, on its atoms' edges; it starts at zero, so no prediction changes.
+    Returns the update: train its parameters with the model's frozen, and every other
+    fidelity keeps its predictions exactly."""
     from .sevenn_low_rank import FidelityLowRank
 
     backbone = potential.backbone
