@@ -163,7 +163,7 @@ def finetune(
         if target == base:
             raise ValueError(f"trainable={config.trainable!r} adds an update of the target's own beside an unchanged base level, so "
                              f"the target must differ from the base fidelity {base!r}; to fine-tune {base!r} itself use trainable='all' or 'lowrank'")  # fmt: skip
-    if config.radial and not (model.library == "sevenn" and config.trainable in ("adapter", "lowrank-target")):
+    if config.radial and not (model.library == "sevenn" and keeps_base_exactly(model.library, config.trainable)):
         raise ValueError(f"radial=True extends a SevenNet's target update to its radial networks: it needs a sevenn model and "
                          f"trainable 'adapter' or 'lowrank-target', not {name} with trainable={config.trainable!r}")  # fmt: skip
     for group, label in ((train_structures, "training"), (val_structures, "validation")):

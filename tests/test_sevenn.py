@@ -239,13 +239,23 @@ def test_new_fidelity_starts_as_its_base():
         assert rows[2] > 0 and rows[0] == 0 and rows[1] == 0
 
 
+def assert_rotation_invariant(potential, fidelity, atoms, expected, euler):
+    """The energy at `fidelity` of the rotated cell equals `expected`'s, its forces are the rotated ones."""
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_euler("xyz", euler)
+    turned = atoms.copy()
+    turned.positions, turned.cell = rotation.apply(atoms.positions), rotation.apply(np.asarray(atoms.cell))
+    moved = evaluate(FidelityCalculator(potential, fidelity), turned)
+    assert moved["energy"] == pytest.approx(expected["energy"], rel=1e-12, abs=1e-10)
+    np.testing.assert_allclose(moved["forces"], rotation.apply(expected["forces"]), rtol=0, atol=1e-10)
+
+
 def test_low_rank_update_moves_its_fidelity_only():
     """add_low_rank_update: the target starts as its base; with the update trained (here: set
     at random) the target's energy, forces and stress change and stay rotation invariant /
     equivariant, every other fidelity keeps its predictions bit for bit, a force loss reaches
     the update's parameters only, and a fidelity added afterwards leaves the update in place."""
-    from scipy.spatial.transform import Rotation
-
     from fidelity_adapters.third_party.sevenn import add_low_rank_update
 
     potential = add_fidelity(load_sevenn("7net-mf-0").double(), "SCAN", like="r2SCAN")
@@ -269,12 +279,7 @@ def test_low_rank_update_moves_its_fidelity_only():
     assert abs(after["SCAN"]["energy"] - before["SCAN"]["energy"]) > 1e-3
     assert np.abs(after["SCAN"]["forces"] - before["SCAN"]["forces"]).max() > 1e-4
 
-    rotation = Rotation.from_euler("xyz", [0.4, -1.2, 2.0])
-    turned = atoms.copy()
-    turned.positions, turned.cell = rotation.apply(atoms.positions), rotation.apply(np.asarray(atoms.cell))
-    moved = evaluate(FidelityCalculator(potential, "SCAN"), turned)
-    assert moved["energy"] == pytest.approx(after["SCAN"]["energy"], rel=1e-12, abs=1e-10)
-    np.testing.assert_allclose(moved["forces"], rotation.apply(after["SCAN"]["forces"]), rtol=0, atol=1e-10)
+    assert_rotation_invariant(potential, "SCAN", atoms, after["SCAN"], [0.4, -1.2, 2.0])
 
     potential.backbone.requires_grad_(False)
     update.requires_grad_(True)
@@ -292,8 +297,6 @@ def test_radial_update_moves_its_fidelitys_edges_only():
     update too. Moved on its own (the e3nn layers' updates left at zero), it changes the
     target's energy and forces, keeps them rotation invariant / equivariant, leaves every other
     fidelity bit for bit, and a force loss reaches it through the edges (double backward)."""
-    from scipy.spatial.transform import Rotation
-
     from fidelity_adapters.third_party.sevenn import add_low_rank_update
 
     potential = add_fidelity(load_sevenn("7net-mf-0").double(), "SCAN", like="r2SCAN")
@@ -313,12 +316,7 @@ def test_radial_update_moves_its_fidelitys_edges_only():
     assert abs(after["SCAN"]["energy"] - before["SCAN"]["energy"]) > 1e-4
     assert np.abs(after["SCAN"]["forces"] - before["SCAN"]["forces"]).max() > 1e-4
 
-    rotation = Rotation.from_euler("xyz", [-0.7, 0.3, 1.1])
-    turned = atoms.copy()
-    turned.positions, turned.cell = rotation.apply(atoms.positions), rotation.apply(np.asarray(atoms.cell))
-    moved = evaluate(FidelityCalculator(potential, "SCAN"), turned)
-    assert moved["energy"] == pytest.approx(after["SCAN"]["energy"], rel=1e-12, abs=1e-10)
-    np.testing.assert_allclose(moved["forces"], rotation.apply(after["SCAN"]["forces"]), rtol=0, atol=1e-10)
+    assert_rotation_invariant(potential, "SCAN", atoms, after["SCAN"], [-0.7, 0.3, 1.1])
 
     potential.requires_grad_(False)
     update.radial_updates.requires_grad_(True)

@@ -137,7 +137,8 @@ class SevennBackbone(ThirdPartyBackbone):
             data[KEY.MODAL_TYPE] = modal
         with ExitStack() as stack:
             atom_fidelity = graph.fidelity.reshape(-1)[batch] if len(self.fidelity_updates) else None
-            edge_fidelity = atom_fidelity[graph.edge_index[0]] if atom_fidelity is not None else None
+            radial = any(len(update.radial_updates) for update in self.fidelity_updates)
+            edge_fidelity = atom_fidelity[graph.edge_index[0]] if radial else None
             for update in self.fidelity_updates:
                 stack.enter_context(update.atoms(atom_fidelity, edge_fidelity))
             for module in self.model:
@@ -299,8 +300,8 @@ def rebuild_sevenn(recipe: dict) -> Potential:
     )
     for new, like in recipe["added"]:
         add_fidelity(potential, new, like=like)
-    for fidelity, rank, *radial in recipe.get("updates", []):  # absent in files saved before updates existed
-        add_low_rank_update(potential, fidelity, rank, radial=bool(radial and radial[0]))  # [f, r] before radial ones
+    for update in recipe.get("updates", []):  # [fidelity, rank, radial]; absent in older files, or without radial
+        add_low_rank_update(potential, *update)
     return potential
 
 

@@ -92,7 +92,7 @@ class FidelityLowRank(nn.Module):
         super().__init__()
         if rank < 1:
             raise ValueError(f"the rank of a low-rank update must be >= 1, not {rank}")
-        self.fidelity, self.rank, self.radial = fidelity, rank, radial
+        self.fidelity, self.rank = fidelity, rank
         self._atom_fidelity: torch.Tensor | None = None
         self._edge_fidelity: torch.Tensor | None = None
         layers = [m for m in model if isinstance(m, IrrepsLinear)]
@@ -117,9 +117,9 @@ class FidelityLowRank(nn.Module):
             last.register_forward_hook(partial(self._add_on_edges, update))
 
     @contextmanager
-    def atoms(self, atom_fidelity: torch.Tensor, edge_fidelity: torch.Tensor):
-        """Each atom's fidelity index (N,) and each edge's (E,: its centre atom's) for the
-        model calls inside the block."""
+    def atoms(self, atom_fidelity: torch.Tensor, edge_fidelity: torch.Tensor | None):
+        """Each atom's fidelity index (N,) and each edge's (E,: its centre atom's; needed by
+        radial updates only) for the model calls inside the block."""
         self._atom_fidelity, self._edge_fidelity = atom_fidelity, edge_fidelity
         try:
             yield
