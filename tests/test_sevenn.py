@@ -262,7 +262,7 @@ def test_low_rank_update_moves_its_fidelity_only():
     atoms = triclinic_oxide()
     before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
     update = add_low_rank_update(potential, "SCAN", rank=4)
-    assert len(update.updates) == 13  # the species embedding, the 11 modal layers, the energy layer
+    assert len(update.updates) == 18  # the species embedding, 11 modal layers, the energy layer, 5 skip paths
     assert len(update.radial_updates) == 0  # radial networks only when asked
     with pytest.raises(ValueError, match="has a low-rank update already"):
         add_low_rank_update(potential, "SCAN", rank=4)
@@ -325,6 +325,40 @@ def test_radial_update_moves_its_fidelitys_edges_only():
     assert all(g.abs().sum() > 0 for g in grads)
 
 
+def test_self_connection_update_moves_its_fidelity_only():
+    """self_connections=True: the linear of each of the five skip paths (SelfConnectionLinearIntro,
+    no modality inputs) gets an update too. Moved on their own, they change the target's energy
+    and forces, keep them rotation invariant / equivariant, leave every other fidelity bit for
+    bit, and a force loss reaches them (double backward)."""
+    from fidelity_adapters.third_party.sevenn import add_low_rank_update
+
+    potential = add_fidelity(load_sevenn("7net-mf-0").double(), "SCAN", like="r2SCAN")
+    atoms = triclinic_oxide()
+    before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    update = add_low_rank_update(potential, "SCAN", rank=4, self_connections=True)
+    skips = update.updates[13:]
+    assert len(skips) == 5  # after the 13 of the modal layers, one per interaction block
+    for key, value in evaluate(FidelityCalculator(potential, "SCAN"), atoms).items():
+        np.testing.assert_array_equal(value, before["SCAN"][key])  # B = 0, bias 0: no change yet
+    with torch.no_grad():
+        for parameter in skips.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    after = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
+    for f in ("r2SCAN", "PBE"):
+        for key in ("energy", "forces", "stress"):
+            np.testing.assert_array_equal(after[f][key], before[f][key])
+    assert abs(after["SCAN"]["energy"] - before["SCAN"]["energy"]) > 1e-4
+    assert np.abs(after["SCAN"]["forces"] - before["SCAN"]["forces"]).max() > 1e-4
+
+    assert_rotation_invariant(potential, "SCAN", atoms, after["SCAN"], [1.3, -0.4, 0.8])
+
+    potential.requires_grad_(False)
+    skips.requires_grad_(True)
+    out = potential(potential.graph(atoms, "SCAN"), forces=True, training=True)
+    grads = torch.autograd.grad(out["forces"].pow(2).sum(), list(skips.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
 def test_new_name_on_an_existing_modality():
     potential = load_sevenn("7net-mf-0", ["r2SCAN", "PBE", "SCAN"], modal_map={"SCAN": "R2SCAN"}).double()
     assert potential.backbone.modals == ["R2SCAN", "PBE", "R2SCAN"]
@@ -352,7 +386,7 @@ def test_wrap_third_party_takes_a_raw_sevenn_model():
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("how", ["added-modality", "low-rank", "low-rank-radial", "film"])
+@pytest.mark.parametrize("how", ["added-modality", "low-rank", "low-rank-radial-skip", "film"])
 def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
     """Saved as the recipe that rebuilds it (checkpoint, fidelities, modalities, added
     fidelities, FiLM) plus every tensor: trained weights and references come back bit for bit;
@@ -364,7 +398,8 @@ def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
     if how != "film":
         potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
         if how.startswith("low-rank"):
-            add_low_rank_update(potential, "SCAN", rank=3, radial=how.endswith("radial"))
+            full = how.endswith("radial-skip")
+            add_low_rank_update(potential, "SCAN", rank=3, radial=full, self_connections=full)
     else:
         potential = load_sevenn("7net-0", ["PBE", "SCAN"], inject=("messages",), inject_dim=4)
     with torch.no_grad():  # as if fine-tuned: every weight moved, so defaults cannot pass for the saved ones
@@ -383,17 +418,22 @@ def test_saved_sevenn_potential_reloads_bit_for_bit(how, tmp_path):
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
 
 
-def test_a_recipe_saved_before_radial_updates_rebuilds_without_them():
-    """Files saved before radial updates existed list an update as [fidelity, rank]."""
+def test_a_recipe_saved_before_radial_or_skip_updates_rebuilds_without_them():
+    """Files saved before radial updates existed list an update as [fidelity, rank], and before
+    self-connection updates as [fidelity, rank, radial]."""
     import copy
 
     from fidelity_adapters.third_party.sevenn import add_low_rank_update, rebuild_sevenn
 
     potential = add_fidelity(load_sevenn("7net-mf-0"), "SCAN", like="r2SCAN")
-    add_low_rank_update(potential, "SCAN", rank=3, radial=True)
+    add_low_rank_update(potential, "SCAN", rank=3, radial=True, self_connections=True)
     recipe = copy.deepcopy(potential.backbone.recipe)
-    assert recipe["updates"] == [["SCAN", 3, True]]
-    assert len(rebuild_sevenn(recipe).backbone.fidelity_updates[0].radial_updates) == 5
+    assert recipe["updates"] == [["SCAN", 3, True, True]]
+    (update,) = rebuild_sevenn(recipe).backbone.fidelity_updates
+    assert len(update.radial_updates) == 5 and len(update.updates) == 18
+    recipe["updates"] = [["SCAN", 3, True]]
+    (update,) = rebuild_sevenn(recipe).backbone.fidelity_updates
+    assert len(update.radial_updates) == 5 and len(update.updates) == 13
     recipe["updates"] = [["SCAN", 3]]
     (update,) = rebuild_sevenn(recipe).backbone.fidelity_updates
-    assert update.rank == 3 and len(update.radial_updates) == 0
+    assert update.rank == 3 and len(update.radial_updates) == 0 and len(update.updates) == 13

@@ -300,15 +300,21 @@ def rebuild_sevenn(recipe: dict) -> Potential:
     )
     for new, like in recipe["added"]:
         add_fidelity(potential, new, like=like)
-    for update in recipe.get("updates", []):  # [fidelity, rank, radial]; absent in older files, or without radial
-        add_low_rank_update(potential, *update)
+    # [fidelity, rank, radial, self_connections]: files saved before radial or self-connection
+    # updates existed list fewer, and their models were trained without them
+    for entry in recipe.get("updates", []):
+        fidelity, rank, radial, self_connections = [*entry, False, False][:4]
+        add_low_rank_update(potential, fidelity, rank, radial=radial, self_connections=self_connections)
     return potential
 
 
-def add_low_rank_update(potential: Potential, fidelity: str, rank: int = 8, radial: bool = False) -> nn.Module:
+def add_low_rank_update(
+    potential: Potential, fidelity: str, rank: int = 8, radial: bool = False, self_connections: bool = True
+) -> nn.Module:
     """Give `fidelity` (of a potential over a sevenn model) its own rank-`rank` update of every
-    e3nn linear layer, applied only to its atoms (sevenn_low_rank.py), and with `radial` of
-    every radial network, on its atoms' edges; it starts at zero, so no prediction changes.
+    e3nn linear layer (the skip paths' self-connections unless `self_connections` is False),
+    applied only to its atoms (sevenn_low_rank.py), and with `radial` of every radial network,
+    on its atoms' edges; it starts at zero, so no prediction changes.
     Returns the update: train its parameters with the model's frozen, and every other
     fidelity keeps its predictions exactly."""
     from .sevenn_low_rank import FidelityLowRank
@@ -320,10 +326,10 @@ def add_low_rank_update(potential: Potential, fidelity: str, rank: int = 8, radi
     if any(u.fidelity == index for u in backbone.fidelity_updates):
         raise ValueError(f"fidelity {fidelity!r} has a low-rank update already")
     with torch.random.fork_rng(devices=[]):  # its random first factor leaves the caller's generator alone
-        update = FidelityLowRank(backbone.model, index, rank, radial)
+        update = FidelityLowRank(backbone.model, index, rank, radial, self_connections)
     backbone.fidelity_updates.append(update)
     if backbone.recipe is not None:
-        backbone.recipe.setdefault("updates", []).append([fidelity, rank, radial])
+        backbone.recipe.setdefault("updates", []).append([fidelity, rank, radial, self_connections])
     return update
 
 
