@@ -51,6 +51,8 @@ RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot, "d
     "matpes-pbe-mfi": ("mfi adapter, distill replay, all weights", MATPES_PBE, "PBE", dict(replay="distill")),
     "sevenn-adapter": ("mfi, low-rank adapter rank {rank}, no replay", SEVENN_MF0, "r2SCAN",
                        dict(replay="none", trainable="adapter", rank=8)),
+    "sevenn-adapter-no-skips": ("mfi, low-rank adapter rank {rank} without the skip paths, no replay", SEVENN_MF0, "r2SCAN",
+                                dict(replay="none", trainable="adapter", rank=8, self_connections=False)),  # before 2026-12-03
     "sevenn-adapter-radial": ("mfi, low-rank adapter rank {rank} with radial networks, no replay", SEVENN_MF0, "r2SCAN",
                               dict(replay="none", trainable="adapter", rank=8, radial=True)),
     "sevenn-transfer": ("fine-tune, no replay (transfer)", SEVENN_MF0, "r2SCAN", dict(replay="none")),

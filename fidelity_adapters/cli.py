@@ -405,7 +405,7 @@ def _finetune(args) -> None:
         train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, max_atoms=args.max_atoms,
                           force_weight=args.force_weight, patience=args.patience, seed=args.seed),
         replay=mode, replay_ratio=args.replay_ratio, replay_weight=args.replay_weight, rattle=args.rattle,
-        trainable=args.trainable, rank=args.rank, radial=args.radial,
+        trainable=args.trainable, rank=args.rank, radial=args.radial, self_connections=not args.no_self_connections,
     )  # fmt: skip
     result = finetune(
         args.pretrained, args.target, [target[k] for k in train_ids], [target[k] for k in val_ids], config,
@@ -651,6 +651,8 @@ def parser() -> argparse.ArgumentParser:
                          "lowrank-target (the target's own update, the base level kept exactly)")
     ft.add_argument("--rank", type=int, default=8, help="rank of the low-rank updates (lowrank, lowrank-target, or adapter on a SevenNet)")
     ft.add_argument("--radial", action="store_true", help="a SevenNet's target update reaches its radial networks too (adapter, lowrank-target)")
+    ft.add_argument("--no-self-connections", action="store_true",
+                    help="a SevenNet's target update leaves its skip paths' self-connections out (as measured before 2026-12-03)")
     _schedule_options(ft, epochs=20, lr=1e-4, batch_size=4, val_fraction=0.2)
     ft.add_argument("--limit", type=int, help="read at most this many frames per data file")
     ft.set_defaults(func=_finetune)

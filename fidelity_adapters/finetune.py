@@ -60,6 +60,7 @@ class FinetuneConfig:
     trainable: str = "all"
     rank: int = 8  # of the low-rank updates (trainable="lowrank" or "lowrank-target", or "adapter" on a SevenNet)
     radial: bool = False  # a SevenNet's target update reaches its radial networks too (sevenn_low_rank.py)
+    self_connections: bool = True  # and its skip paths' self-connections (False: as measured before 2026-12-03)
     state_dim: int = 16
 
     def check(self) -> None:
@@ -99,14 +100,14 @@ def distilled(model: Potential, structures: Sequence[LabelledStructure], fidelit
     return [replace(s, energy=p["energy"], forces=p["forces"]) for s, p in zip(moved, predictions)]
 
 
-def freeze_to_adapter(potential: Potential, target: str, rank: int, radial: bool = False) -> None:
+def freeze_to_adapter(potential: Potential, target: str, rank: int, radial: bool = False, self_connections: bool = True) -> None:
     """Only the adapter trains. A SevenNet gets a low-rank update of the target's own, and
     nothing else trains. A matgl M3GNet trains its fidelity state path and readout: the
     pretrained interaction weights are frozen, and in the first layers of the bond and atom
     update MLPs only the state columns receive gradients."""
     backbone = potential.backbone
     if hasattr(backbone, "fidelity_updates"):
-        freeze_to_target_update(potential, target, rank, radial)
+        freeze_to_target_update(potential, target, rank, radial, self_connections)
         return
     if getattr(backbone, "state_dim", 0) == 0:
         raise ValueError("trainable='adapter' needs a backbone with a fidelity state path (a matgl M3GNet import) or a SevenNet")
@@ -125,13 +126,13 @@ def freeze_to_adapter(potential: Potential, target: str, rank: int, radial: bool
                 first.weight.register_hook(lambda grad, mask=mask: grad * mask)
 
 
-def freeze_to_target_update(potential: Potential, target: str, rank: int, radial: bool = False) -> None:
+def freeze_to_target_update(potential: Potential, target: str, rank: int, radial: bool = False, self_connections: bool = True) -> None:
     """Only the target's own low-rank update trains; every other parameter is frozen."""
     potential.requires_grad_(False)
     if hasattr(potential.backbone, "fidelity_updates"):  # a SevenNet: e3nn layers, masked per atom
         from .third_party.sevenn import add_low_rank_update
 
-        add_low_rank_update(potential, target, rank, radial=radial).requires_grad_(True)
+        add_low_rank_update(potential, target, rank, radial=radial, self_connections=self_connections).requires_grad_(True)
     else:
         potential.add_low_rank_update(target, rank).requires_grad_(True)
 
@@ -163,9 +164,13 @@ def finetune(
         if target == base:
             raise ValueError(f"trainable={config.trainable!r} adds an update of the target's own beside an unchanged base level, so "
                              f"the target must differ from the base fidelity {base!r}; to fine-tune {base!r} itself use trainable='all' or 'lowrank'")  # fmt: skip
-    if config.radial and not (model.library == "sevenn" and keeps_base_exactly(model.library, config.trainable)):
+    sevenn_update = model.library == "sevenn" and keeps_base_exactly(model.library, config.trainable)
+    if config.radial and not sevenn_update:
         raise ValueError(f"radial=True extends a SevenNet's target update to its radial networks: it needs a sevenn model and "
                          f"trainable 'adapter' or 'lowrank-target', not {name} with trainable={config.trainable!r}")  # fmt: skip
+    if not config.self_connections and not sevenn_update:
+        raise ValueError(f"self_connections=False keeps a SevenNet's target update off its skip paths: it needs a sevenn model "
+                         f"and trainable 'adapter' or 'lowrank-target', not {name} with trainable={config.trainable!r}")  # fmt: skip
     for group, label in ((train_structures, "training"), (val_structures, "validation")):
         wrong = sorted({s.fidelity for s in group} - {target})
         if not group or wrong:
@@ -198,11 +203,11 @@ def finetune(
     potential.fit_references([*train_structures, *replay_train], refit_scale=False, around_network=True)
     before = measured()
     if config.trainable == "adapter":
-        freeze_to_adapter(potential, target, config.rank, config.radial)
+        freeze_to_adapter(potential, target, config.rank, config.radial, config.self_connections)
     elif config.trainable == "lowrank":
         add_low_rank_updates(potential.backbone, config.rank)
     elif config.trainable == "lowrank-target":
-        freeze_to_target_update(potential, target, config.rank, config.radial)
+        freeze_to_target_update(potential, target, config.rank, config.radial, config.self_connections)
 
     weights = {base: config.replay_weight, target: 1.0} if base != target else None
     train_config = replace(config.train, monitor=target, fidelity_weights=weights)

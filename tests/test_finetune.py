@@ -129,6 +129,8 @@ def test_bad_requests_are_named(clusters):
         finetune(PBE_MODEL, "PBE", pbe[:4], pbe[4:6], _quick(replay="none", trainable="lowrank-target"))
     with pytest.raises(ValueError, match="radial=True extends a SevenNet's target update"):
         finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="lowrank-target", radial=True))
+    with pytest.raises(ValueError, match="self_connections=False keeps a SevenNet's target update"):
+        finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="lowrank-target", self_connections=False))
 
 
 @needs_matgl_weights
@@ -152,6 +154,8 @@ def test_cli_finetune_uses_base_frames_as_replay(clusters, tmp_path, capsys):
     radial = ["finetune", str(path), "--from", PBE_MODEL, "--target", "SCAN", "--out", str(tmp_path / "r"), "--radial"]
     assert cli.main(radial) == 2  # --radial reaches the config, which refuses it on a matgl model
     assert "radial=True extends a SevenNet's" in capsys.readouterr().err
+    assert cli.main([*radial[:-1], "--no-self-connections"]) == 2  # reaches the config too
+    assert "self_connections=False keeps a SevenNet's" in capsys.readouterr().err
 
 
 def test_finetune_sevenn_mf0_saves_and_reloads(clusters, tmp_path):
@@ -176,14 +180,15 @@ def test_finetune_sevenn_mf0_saves_and_reloads(clusters, tmp_path):
 
 
 def test_sevenn_adapter_trains_a_low_rank_update_and_keeps_the_base_exactly(clusters):
-    """trainable="adapter" on SevenNet-MF-0 (radial=True: the radial networks' updates too):
+    """trainable="adapter" on SevenNet-MF-0 (radial=True: the radial networks' updates too;
+    self_connections=False: not the skip paths', which the default updates, test_sevenn.py):
     only the target's low-rank update trains (every pretrained weight as loaded), the target's
     error changes, and the base level does not drift at all, even without replay."""
     pytest.importorskip("sevenn", reason="sevenn is not installed (pip install -e '.[sevenn]')")
     from fidelity_adapters.pretrained import load_pretrained
 
     scan, _ = clusters
-    result = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="adapter", rank=2, radial=True))
+    result = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="none", trainable="adapter", rank=2, radial=True, self_connections=False))
     report, tuned = result.report, result.potential.backbone
     # the base level is the pretrained model's: float32 summation order apart (2e-7 eV/A on 2 threads), against
     # tens of meV/A when the shared weights train
@@ -193,6 +198,7 @@ def test_sevenn_adapter_trains_a_low_rank_update_and_keeps_the_base_exactly(clus
     assert all(torch.equal(value, original[key]) for key, value in tuned.model.state_dict().items())
     (update,) = tuned.fidelity_updates
     assert update.rank == 2 and any(p.abs().sum() > 0 for p in update.updates[0].b)  # B moved from zero
+    assert len(update.updates) == 13  # self_connections=False: the modal layers' and the embedding's only
     assert len(update.radial_updates) == 5 and all(u.b.abs().sum() > 0 for u in update.radial_updates)  # radial=True trained
     with pytest.raises(ValueError, match="would do nothing with trainable='adapter'"):
         finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], _quick(replay="distill", trainable="adapter"))
