@@ -187,3 +187,17 @@ def test_validation_split_keeps_each_geometry_on_one_side():
         assert abs(count - 0.25 * total) <= 1, (name, count, total)
     assert validation_split(data, 0.25, seed=3, must_validate="hi") == (train_ids, val_ids)
     assert validation_split(data, 0.25, seed=4, must_validate="hi") != (train_ids, val_ids)
+
+
+def test_every_committed_results_config_still_parses():
+    """The YAMLs beside docs/results reproduce what was measured: each must still name known
+    settings and finetune options (a renamed or dropped option fails here, not in a rerun)."""
+    from pathlib import Path
+
+    from fidelity_adapters.finetune import FinetuneConfig
+
+    configs = sorted((Path(__file__).parents[1] / "docs" / "results").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        settings = CompareSettings.from_yaml(path)
+        FinetuneConfig(**settings.finetune).check()
