@@ -292,22 +292,27 @@ def test_low_rank_update_moves_its_fidelity_only():
         layer(torch.zeros(2, layer.irreps_in.dim, dtype=torch.float64))
 
 
-def test_radial_update_moves_its_fidelitys_edges_only():
+@pytest.mark.parametrize("part", ["radial", "skip-paths"])
+def test_an_optional_part_of_the_update_moves_its_fidelity_only(part):
     """radial=True: the last layer of each of the five convolutions' radial networks gets an
-    update too. Moved on its own (the e3nn layers' updates left at zero), it changes the
-    target's energy and forces, keeps them rotation invariant / equivariant, leaves every other
-    fidelity bit for bit, and a force loss reaches it through the edges (double backward)."""
+    update (on the fidelity's edges); self_connections=True: the linear of each of the five skip
+    paths (SelfConnectionLinearIntro, no modality inputs). Moved on its own (the other updates
+    left at zero), either part changes the target's energy and forces, keeps them rotation
+    invariant / equivariant, leaves every other fidelity bit for bit, and a force loss reaches
+    it (double backward)."""
     from fidelity_adapters.third_party.sevenn import add_low_rank_update
 
     potential = add_fidelity(load_sevenn("7net-mf-0").double(), "SCAN", like="r2SCAN")
     atoms = triclinic_oxide()
     before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
-    update = add_low_rank_update(potential, "SCAN", rank=4, radial=True)
-    assert len(update.radial_updates) == 5
+    radial = part == "radial"
+    update = add_low_rank_update(potential, "SCAN", rank=4, radial=radial, self_connections=not radial)
+    moved = update.radial_updates if radial else update.updates[13:]  # after the embedding's, modal and energy layers'
+    assert len(moved) == 5 and len(update.updates) == (13 if radial else 18)
     for key, value in evaluate(FidelityCalculator(potential, "SCAN"), atoms).items():
-        np.testing.assert_array_equal(value, before["SCAN"][key])  # B = 0: no change yet
+        np.testing.assert_array_equal(value, before["SCAN"][key])  # B = 0, bias 0: no change yet
     with torch.no_grad():
-        for parameter in update.radial_updates.parameters():
+        for parameter in moved.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     after = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
     for f in ("r2SCAN", "PBE"):
@@ -319,43 +324,9 @@ def test_radial_update_moves_its_fidelitys_edges_only():
     assert_rotation_invariant(potential, "SCAN", atoms, after["SCAN"], [-0.7, 0.3, 1.1])
 
     potential.requires_grad_(False)
-    update.radial_updates.requires_grad_(True)
+    moved.requires_grad_(True)
     out = potential(potential.graph(atoms, "SCAN"), forces=True, training=True)
-    grads = torch.autograd.grad(out["forces"].pow(2).sum(), list(update.radial_updates.parameters()))
-    assert all(g.abs().sum() > 0 for g in grads)
-
-
-def test_self_connection_update_moves_its_fidelity_only():
-    """self_connections=True: the linear of each of the five skip paths (SelfConnectionLinearIntro,
-    no modality inputs) gets an update too. Moved on their own, they change the target's energy
-    and forces, keep them rotation invariant / equivariant, leave every other fidelity bit for
-    bit, and a force loss reaches them (double backward)."""
-    from fidelity_adapters.third_party.sevenn import add_low_rank_update
-
-    potential = add_fidelity(load_sevenn("7net-mf-0").double(), "SCAN", like="r2SCAN")
-    atoms = triclinic_oxide()
-    before = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
-    update = add_low_rank_update(potential, "SCAN", rank=4, self_connections=True)
-    skips = update.updates[13:]
-    assert len(skips) == 5  # after the 13 of the modal layers, one per interaction block
-    for key, value in evaluate(FidelityCalculator(potential, "SCAN"), atoms).items():
-        np.testing.assert_array_equal(value, before["SCAN"][key])  # B = 0, bias 0: no change yet
-    with torch.no_grad():
-        for parameter in skips.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    after = {f: evaluate(FidelityCalculator(potential, f), atoms) for f in potential.fidelities}
-    for f in ("r2SCAN", "PBE"):
-        for key in ("energy", "forces", "stress"):
-            np.testing.assert_array_equal(after[f][key], before[f][key])
-    assert abs(after["SCAN"]["energy"] - before["SCAN"]["energy"]) > 1e-4
-    assert np.abs(after["SCAN"]["forces"] - before["SCAN"]["forces"]).max() > 1e-4
-
-    assert_rotation_invariant(potential, "SCAN", atoms, after["SCAN"], [1.3, -0.4, 0.8])
-
-    potential.requires_grad_(False)
-    skips.requires_grad_(True)
-    out = potential(potential.graph(atoms, "SCAN"), forces=True, training=True)
-    grads = torch.autograd.grad(out["forces"].pow(2).sum(), list(skips.parameters()))
+    grads = torch.autograd.grad(out["forces"].pow(2).sum(), list(moved.parameters()))
     assert all(g.abs().sum() > 0 for g in grads)
 
 
