@@ -9,7 +9,7 @@ paths' self-connections) gets, for the atoms of that fidelity only, a trainable 
 
 The skip paths (SelfConnectionLinearIntro: an e3nn Linear of a block's input, added to its
 output) hold a sixth of SevenNet-MF-0's weights; updating them too brought the SCAN liquid
-water test forces from 62.5 to 61.1 meV/A on one split (docs/results/pretrained).
+water test forces from 62.2 to 60.7 meV/A (3 splits; docs/results/pretrained).
 
 With `radial`, the last layer of each convolution's radial network (the MLP that turns an
 edge's length into its tensor-product weights) gets a rank-`rank` update too, on the edges of
