@@ -165,12 +165,11 @@ def finetune(
             raise ValueError(f"trainable={config.trainable!r} adds an update of the target's own beside an unchanged base level, so "
                              f"the target must differ from the base fidelity {base!r}; to fine-tune {base!r} itself use trainable='all' or 'lowrank'")  # fmt: skip
     sevenn_update = model.library == "sevenn" and keeps_base_exactly(model.library, config.trainable)
-    if config.radial and not sevenn_update:
-        raise ValueError(f"radial=True extends a SevenNet's target update to its radial networks: it needs a sevenn model and "
-                         f"trainable 'adapter' or 'lowrank-target', not {name} with trainable={config.trainable!r}")  # fmt: skip
-    if not config.self_connections and not sevenn_update:
-        raise ValueError(f"self_connections=False keeps a SevenNet's target update off its skip paths: it needs a sevenn model "
-                         f"and trainable 'adapter' or 'lowrank-target', not {name} with trainable={config.trainable!r}")  # fmt: skip
+    for asked, what in ((config.radial, "radial=True extends a SevenNet's target update to its radial networks"),
+                        (not config.self_connections, "self_connections=False keeps a SevenNet's target update off its skip paths")):
+        if asked and not sevenn_update:
+            raise ValueError(f"{what}: it needs a sevenn model and trainable 'adapter' or 'lowrank-target', "
+                             f"not {name} with trainable={config.trainable!r}")  # fmt: skip
     for group, label in ((train_structures, "training"), (val_structures, "validation")):
         wrong = sorted({s.fidelity for s in group} - {target})
         if not group or wrong:

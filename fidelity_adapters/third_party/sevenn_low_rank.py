@@ -101,24 +101,23 @@ class FidelityLowRank(nn.Module):
         self.fidelity, self.rank = fidelity, rank
         self._atom_fidelity: torch.Tensor | None = None
         self._edge_fidelity: torch.Tensor | None = None
-        layers = [m for m in model if isinstance(m, IrrepsLinear)]
+        # each hooked e3nn Linear with its own inputs: a modal layer's one-hots (its last input
+        # irreps) stay the model's; a skip path's linear has no modality inputs
+        linears = [
+            (m.linear, m.linear.irreps_in[:-1] if m.num_modalities > 1 else m.linear.irreps_in)
+            for m in model
+            if isinstance(m, IrrepsLinear)
+        ]
+        if self_connections:
+            skips = [m.linear for m in model if isinstance(m, SelfConnectionLinearIntro)]
+            if not skips:
+                raise ValueError("self_connections=True needs a sevenn model with SelfConnectionLinearIntro layers")
+            linears += [(linear, linear.irreps_in) for linear in skips]
         self.updates = nn.ModuleList()
-        for layer in layers:
-            irreps_in = layer.linear.irreps_in
-            if layer.num_modalities > 1:  # the one-hots are the last input irreps
-                irreps_in = irreps_in[:-1]
-            weight = layer.linear.weight
-            update = PathLowRank(irreps_in, layer.linear.irreps_out, rank).to(device=weight.device, dtype=weight.dtype)
+        for linear, irreps_in in linears:
+            update = PathLowRank(irreps_in, linear.irreps_out, rank).to(device=linear.weight.device, dtype=linear.weight.dtype)
             self.updates.append(update)
             # a partial of a bound method, not a closure: a deep copy of the model hooks the copy
-            layer.linear.register_forward_hook(partial(self._add, update))
-        # a skip path's linear (no modality inputs) mixes the layer's input into its output
-        skips = [m.linear for m in model if isinstance(m, SelfConnectionLinearIntro)] if self_connections else []
-        if self_connections and not skips:
-            raise ValueError("self_connections=True needs a sevenn model with SelfConnectionLinearIntro layers")
-        for linear in skips:
-            update = PathLowRank(linear.irreps_in, linear.irreps_out, rank).to(device=linear.weight.device, dtype=linear.weight.dtype)
-            self.updates.append(update)
             linear.register_forward_hook(partial(self._add, update))
         self.radial_updates = nn.ModuleList()
         convolutions = [m for m in model if isinstance(m, IrrepsConvolution)] if radial else []
