@@ -90,7 +90,7 @@ class FidelityLowRank(nn.Module):
     call (`with update.atoms(atom_index, edge_index): ...`); a hook that fires outside is an
     error, so the model cannot run with the update silently applied to no one."""
 
-    def __init__(self, model: nn.Module, fidelity: int, rank: int, radial: bool = False, self_connections: bool = False):
+    def __init__(self, model: nn.Module, fidelity: int, rank: int, radial: bool = False, self_connections: bool = True):
         from sevenn.nn.convolution import IrrepsConvolution
         from sevenn.nn.linear import IrrepsLinear
         from sevenn.nn.self_connection import SelfConnectionLinearIntro
