@@ -37,7 +37,8 @@ from low_rank_cost import TARGET, WATER, training_step
 from table_output import publish
 
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
-SETTINGS = {"glibc's default": None, f"GLIBC_TUNABLES={HUGE_PAGES}": HUGE_PAGES}
+DEFAULT = "glibc's default"
+SETTINGS = {DEFAULT: None, f"GLIBC_TUNABLES={HUGE_PAGES}": HUGE_PAGES}
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -84,21 +85,20 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args)))
         return
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # only for machine() to report the children's threads
     rows = {label: in_own_process(tunables, argv) for label, tunables in SETTINGS.items()}
     modes = THP_MODE.read_text().split() if THP_MODE.exists() else ["[absent]"]
     thp = next((m.strip("[]") for m in modes if m.startswith("[")), " ".join(modes))  # the kernel marks the mode in use
-    atoms = next(iter(rows.values()))["atoms"]
+    reference = rows[DEFAULT]
     lines = [
         f"One training step (forward, energy and force loss, backward) of {args.model} with {TARGET} added, all weights "
-        f"training, on {args.frames} frame(s) of {Path(args.data).name} from frame {args.start} ({atoms} atoms); "
+        f"training, on {args.frames} frame(s) of {Path(args.data).name} from frame {args.start} ({reference['atoms']} atoms); "
         f"{machine()}; {platform.libc_ver()[0]} {platform.libc_ver()[1]}, transparent huge pages: {thp}. Command: "
         f"`python benchmarks/cpu_allocator.py` with the options above ({args.repeats} timed steps per process).",
         "",
         "| allocator setting | s per step | vs default | user CPU s | kernel CPU s | minor page faults | max force difference from default (eV/A) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    reference = rows["glibc's default"]
     for label, r in rows.items():
         difference = max(abs(a - b) for a, b in zip(r["forces"], reference["forces"]))
         lines.append(f"| {label} | {r['wall']:.2f} | {r['wall'] / reference['wall']:.2f}x | {r['user']:.2f} | {r['system']:.2f} "
