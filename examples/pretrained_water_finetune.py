@@ -7,6 +7,8 @@ models fine-tuned with and without replay, on the same split.
     python examples/pretrained_water_finetune.py --data ../shared/data/water/scan_csiprinceton.extxyz.gz \
         --target SCAN --start 1781 --every 1 --test-frames 20 --val-frames 2 --train-frames 6 \
         --runs sevenn-zero-shot sevenn-adapter sevenn-transfer --lr 1e-3 --epochs 10 [--rank 8] --out ...
+    python examples/pretrained_water_finetune.py ... --runs scratch-mfi \
+        --low-data ../shared/data/water/rpbe_d3_cheng.extxyz.gz --low-every 3 --scratch-epochs 20 --out ...
 
 Frames: `--start`, then every `--every`-th frame of the file (default: every 72nd of the shared
 DC-r2SCAN set, 31 frames of 768 atoms, 198-368 K); a seeded permutation gives the test frames,
@@ -15,7 +17,10 @@ compared after a per-element offset fitted on the training frames (the codes' en
 differ); fine-tuned models get the same correction inside finetune(). Every fine-tuning run has
 the same epochs, learning rate and batch size; its optimizer steps are in the table (replay
 doubles the steps per epoch). Delta runs keep the foundation model frozen (offset fitted) and
-train the recipe's M3GNet from scratch on the differences (`--delta-epochs`, `--delta-lr`).
+train the recipe's M3GNet from scratch on the differences (`--scratch-epochs`, `--scratch-lr`).
+`scratch-mfi` is our model without a foundation: the recipe's multi-fidelity M3GNet from random
+weights on the `--low-data` frames (a lower level of theory, other structures) and the same
+training frames, validated and tested at the target on the same split (Ko & Ong's mfi).
 """
 
 from __future__ import annotations
@@ -25,19 +30,21 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fidelity_adapters import read_structures
+from fidelity_adapters.data import fidelities_of
 from fidelity_adapters.evaluation import error_metrics, errors, parity_arrays
 from fidelity_adapters.finetune import FinetuneConfig, finetune
 from fidelity_adapters.pretrained import entry
 from fidelity_adapters.recipes import m3gnet_potential
 from fidelity_adapters.strategies.delta import DELTA
 from fidelity_adapters.strategies.pretrained import foundation_delta, foundation_with_offset
-from fidelity_adapters.training import TrainConfig
+from fidelity_adapters.training import TrainConfig, train as train_potential
 
 MATPES_R2SCAN, MATPES_PBE, SEVENN_MF0 = "matgl:M3GNet-MatPES-r2SCAN-v2025.1", "matgl:M3GNet-MatPES-PBE-v2025.1", "sevenn:7net-mf-0"
 RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot, "delta": Delta on the frozen model)
@@ -60,6 +67,7 @@ RUNS = {  # key: label, pretrained, base, finetune settings (None: zero-shot, "d
                                      dict(replay="none", trainable="lowrank-target", rank=8)),
     "matpes-r2scan-delta": ("Delta: frozen model + from-scratch M3GNet", MATPES_R2SCAN, "r2SCAN", "delta"),
     "sevenn-delta": ("Delta: frozen model + from-scratch M3GNet", SEVENN_MF0, "r2SCAN", "delta"),
+    "scratch-mfi": ("ours from scratch: mfi M3GNet on {low} + the training frames", None, None, "scratch-mfi"),
 }  # fmt: skip
 DEFAULT_RUNS = ["matpes-r2scan-zero-shot", "matpes-pbe-zero-shot", "sevenn-zero-shot", "matpes-r2scan-transfer",
                 "matpes-r2scan-mfi", "matpes-r2scan-mfi-adapter", "matpes-pbe-mfi"]  # fmt: skip
@@ -78,6 +86,17 @@ def delta_on_foundation(name, base, train, val, test, config):
             "val": error_metrics(parity_arrays(val, combined.predict(val)), len(val))}  # fmt: skip
 
 
+def scratch_mfi(low, train, val, test, target, config):
+    """Ko & Ong's recipe without a foundation model: one M3GNet from random weights on both levels."""
+    low_levels = fidelities_of(low)
+    if target in low_levels:
+        raise ValueError(f"--low-data has frames at the target level {target!r}: it must hold a lower level only")
+    elements = sorted({int(z) for s in [*low, *train] for z in s.numbers})
+    potential = m3gnet_potential(elements, [*low_levels, target], seed=config.seed)
+    result = train_potential(potential, [*low, *train], val, replace(config, monitor=target))
+    return {"test": errors(potential, test, target), "steps": result.optimizer_steps, "val": errors(potential, val, target)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/water/dcr2scan_paesani.extxyz.gz"))
@@ -92,8 +111,13 @@ def main(argv=None):
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=DEFAULT_RUNS)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--delta-epochs", type=int, default=100, help="epochs of the from-scratch model in Delta runs")
-    parser.add_argument("--delta-lr", type=float, default=1e-3, help="its learning rate")
+    parser.add_argument("--scratch-epochs", "--delta-epochs", type=int, default=100,
+                        help="epochs of the from-scratch models (Delta's, scratch-mfi)")
+    parser.add_argument("--scratch-lr", "--delta-lr", type=float, default=1e-3, help="their learning rate")
+    parser.add_argument("--low-data", help="scratch-mfi's lower-level frames (fidelity from the file)")
+    parser.add_argument("--low-start", type=int, default=0)
+    parser.add_argument("--low-every", type=int, default=1)
+    parser.add_argument("--low-limit", type=int, help="at most this many lower-level frames")
     parser.add_argument("--rank", type=int, help="rank of the low-rank runs' updates (default: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -106,24 +130,33 @@ def main(argv=None):
                          f"{args.train_frames} training frames")  # fmt: skip
     order = np.random.default_rng(args.seed).permutation(len(frames))
     test, val = [frames[k] for k in order[:n_test]], [frames[k] for k in order[n_test : n_test + n_val]]
+    low = []
+    if "scratch-mfi" in args.runs:
+        if not args.low_data:
+            parser.error("--runs scratch-mfi needs --low-data: frames at a lower level of theory to train beside the target's")
+        low = read_structures(args.low_data, every=args.low_every, start=args.low_start, limit=args.low_limit)
     train = [frames[k] for k in order[n_test + n_val : n_test + n_val + args.train_frames]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
+    scratch_config = TrainConfig(max_epochs=args.scratch_epochs, learning_rate=args.scratch_lr, batch_size=1, seed=args.seed, progress=False)
     for key in args.runs:
         label, name, base, settings = RUNS[key]
         if isinstance(settings, dict) and "rank" in settings:
             settings = settings | ({"rank": args.rank} if args.rank else {})
             label = label.format(rank=settings["rank"])
-        if entry(name).locate()[0] is None:
+        if settings == "scratch-mfi":
+            label = label.format(low=f"{len(low)} {'/'.join(fidelities_of(low))} frames")
+        elif entry(name).locate()[0] is None:
             print(f"skipped {name}: {entry(name).locate()[1]}")
             continue
         start = time.time()
         if settings is None:
             record = zero_shot(name, base, train, test)
         elif settings == "delta":
-            config = TrainConfig(max_epochs=args.delta_epochs, learning_rate=args.delta_lr, batch_size=1, seed=args.seed, progress=False)
-            record = delta_on_foundation(name, base, train, val, test, config)
+            record = delta_on_foundation(name, base, train, val, test, scratch_config)
+        elif settings == "scratch-mfi":
+            record = scratch_mfi(low, train, val, test, args.target, scratch_config)
         else:
             config = FinetuneConfig(
                 train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=1, seed=args.seed, progress=False),
@@ -137,11 +170,15 @@ def main(argv=None):
         records.append(record)
         print(json.dumps(record, default=float))
         (out / "results.json").write_text(json.dumps(records, indent=1, default=float))
-    delta_text = f" (Delta's model: {args.delta_epochs} epochs, lr {args.delta_lr})" if any(RUNS[k][3] == "delta" for k in args.runs) else ""
+    scratch = [k for k in args.runs if RUNS[k][3] in ("delta", "scratch-mfi")]
+    scratch_text = f" (from-scratch models: {args.scratch_epochs} epochs, lr {args.scratch_lr})" if scratch else ""
+    if low:
+        scratch_text += (f"; scratch-mfi's lower level: {len(low)} frames of {Path(args.low_data).name} (from frame "
+                         f"{args.low_start}, step {args.low_every})")  # fmt: skip
     lines = [
         f"{args.target} liquid water, {len(train)} training frames of {len(train[0])} atoms (of {len(frames)}: from frame "
         f"{args.start}, step {args.every}, of {Path(args.data).name}), {n_val} validation, {n_test} test frames; seed "
-        f"{args.seed}; {args.epochs} epochs, lr {args.lr}, batch 1{delta_text}; torch {torch.__version__}, {args.threads} threads, "
+        f"{args.seed}; {args.epochs} epochs, lr {args.lr}, batch 1{scratch_text}; torch {torch.__version__}, {args.threads} threads, "
         f"{platform.machine()} CPU. Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
         "",
         "| model | pretrained | base | test E MAE (meV/atom) | test F MAE (meV/A) | steps | base-level drift F (meV/A) | time (s) |",
@@ -151,7 +188,7 @@ def main(argv=None):
         drift = r.get("base_held_out")
         drift_text = "-" if not drift else f"{1000 * drift['force_mae']:.1f}"
         lines.append(
-            f"| {r['label']} | {r['pretrained']} | {r['base']} | {1000 * r['test']['energy_mae_per_atom']:.2f} "
+            f"| {r['label']} | {r['pretrained'] or '-'} | {r['base'] or '-'} | {1000 * r['test']['energy_mae_per_atom']:.2f} "
             f"| {1000 * r['test']['force_mae']:.1f} | {r['steps']} | {drift_text} | {r['seconds']} |"
         )
     (out / "report.md").write_text("\n".join(lines) + "\n")
