@@ -170,15 +170,17 @@ def main(argv=None):
         records.append(record)
         print(json.dumps(record, default=float))
         (out / "results.json").write_text(json.dumps(records, indent=1, default=float))
-    scratch = [k for k in args.runs if RUNS[k][3] in ("delta", "scratch-mfi")]
-    scratch_text = f" (from-scratch models: {args.scratch_epochs} epochs, lr {args.scratch_lr})" if scratch else ""
+    kinds = {RUNS[k][3] if isinstance(RUNS[k][3], str) else "fine-tune" for k in args.runs if RUNS[k][3] is not None}
+    budgets = [f"fine-tuning: {args.epochs} epochs, lr {args.lr}, batch 1"] if "fine-tune" in kinds else []
+    if kinds & {"delta", "scratch-mfi"}:
+        budgets.append(f"from-scratch models: {args.scratch_epochs} epochs, lr {args.scratch_lr}, batch 1")
     if low:
-        scratch_text += (f"; scratch-mfi's lower level: {len(low)} frames of {Path(args.low_data).name} (from frame "
-                         f"{args.low_start}, step {args.low_every})")  # fmt: skip
+        budgets.append(f"scratch-mfi's lower level: {len(low)} frames of {Path(args.low_data).name} (from frame "
+                        f"{args.low_start}, step {args.low_every})")  # fmt: skip
     lines = [
         f"{args.target} liquid water, {len(train)} training frames of {len(train[0])} atoms (of {len(frames)}: from frame "
         f"{args.start}, step {args.every}, of {Path(args.data).name}), {n_val} validation, {n_test} test frames; seed "
-        f"{args.seed}; {args.epochs} epochs, lr {args.lr}, batch 1{scratch_text}; torch {torch.__version__}, {args.threads} threads, "
+        f"{args.seed}; {''.join(text + '; ' for text in budgets)}torch {torch.__version__}, {args.threads} threads, "
         f"{platform.machine()} CPU. Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
         "",
         "| model | pretrained | base | test E MAE (meV/atom) | test F MAE (meV/A) | steps | base-level drift F (meV/A) | time (s) |",

@@ -47,6 +47,7 @@ def test_scratch_mfi_trains_on_both_levels(example, files):
     assert record["test"]["n_structures"] == 2 and record["test"]["force_mae"] > 0
     report = (files / "out" / "report.md").read_text()
     assert "scratch-mfi's lower level: 3 frames of low.extxyz" in report and "| - | - |" in report
+    assert "from-scratch models: 2 epochs" in report and "fine-tuning:" not in report  # no fine-tuning run, no its settings
 
 
 def test_low_every_subsamples_the_lower_level(example, files):
