@@ -94,7 +94,8 @@ def scratch_mfi(low, train, val, test, target, config):
     elements = sorted({int(z) for s in [*low, *train] for z in s.numbers})
     potential = m3gnet_potential(elements, [*low_levels, target], seed=config.seed)
     result = train_potential(potential, [*low, *train], val, replace(config, monitor=target))
-    return {"test": errors(potential, test, target), "steps": result.optimizer_steps, "val": errors(potential, val, target)}
+    return {"test": errors(potential, test, target), "steps": result.optimizer_steps, "val": errors(potential, val, target),
+            "best_epoch": result.best_epoch, "epochs": len(result.history)}  # best_epoch (0-based) = epochs - 1: still improving
 
 
 def main(argv=None):

@@ -44,6 +44,7 @@ def test_scratch_mfi_trains_on_both_levels(example, files):
     (record,) = json.loads((files / "out" / "results.json").read_text())
     assert record["steps"] == 2 * (3 + 2)  # 2 epochs of 3 PBE + 2 SCAN frames, batch 1
     assert "3 PBE frames" in record["label"] and record["pretrained"] is None
+    assert record["epochs"] == 2 and 0 <= record["best_epoch"] < 2
     assert record["test"]["n_structures"] == 2 and record["test"]["force_mae"] > 0
     report = (files / "out" / "report.md").read_text()
     assert "scratch-mfi's lower level: 3 frames of low.extxyz" in report and "| - | - |" in report
