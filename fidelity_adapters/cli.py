@@ -156,11 +156,18 @@ def _compare(args) -> None:
 
 
 def _load_model(args):
-    """The saved model args.model on --device, in --precision's dtype (default: as saved)."""
+    """args.model on --device, in --precision's dtype (default: as saved, float32 for a
+    pretrained one): a saved model file, or a pretrained model's name (`fidelity-adapters
+    pretrained`) where no file of that name exists, so a foundation model runs without a save."""
     from .precision import network_dtype
+    from .pretrained import REGISTRY, load_pretrained
     from .serialization import load_potential
 
-    potential = load_potential(args.model, device=_device(args.device))
+    device = _device(args.device)
+    if args.model in REGISTRY and not Path(args.model).exists():
+        potential = load_pretrained(args.model).to(device)
+    else:
+        potential = load_potential(args.model, device=device)
     return potential if args.precision is None else potential.to(network_dtype(args.precision))
 
 
@@ -486,10 +493,13 @@ def _frame_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--limit", type=int, help="at most this many frames from each file")
 
 
+MODEL_HELP = "a saved model file, or a pretrained model's name (fidelity-adapters pretrained lists them)"
+
+
 def _simulation_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
-    """A command that runs a saved model on one structure at one (required) fidelity."""
+    """A command that runs a saved or pretrained model on one structure at one (required) fidelity."""
     command = _command(sub, name, help)
-    command.add_argument("model")
+    command.add_argument("model", help=MODEL_HELP)
     command.add_argument("structure")
     command.add_argument("--fidelity", required=True)
     _device_option(command)
@@ -532,7 +542,7 @@ def parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_train)
 
     ev = _command(sub, "evaluate", help="energy and force MAE of a saved model at one fidelity")
-    ev.add_argument("model")
+    ev.add_argument("model", help=MODEL_HELP)
     ev.add_argument("data")
     ev.add_argument("--fidelity", required=True)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
@@ -566,7 +576,7 @@ def parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=_compare)
 
     eos = _command(sub, "eos", help="Murnaghan equation of state per fidelity (built-in Si polymorphs or a structure)")
-    eos.add_argument("model")
+    eos.add_argument("model", help=MODEL_HELP)
     eos.add_argument("--fidelity", nargs="+", required=True, help="one or more fidelity names of the model")
     eos.add_argument("--structure", help="structure file (default: the Si polymorphs)")
     eos.add_argument("--polymorphs", nargs="+", default=["diamond", "beta-Sn", "fcc", "sh"])

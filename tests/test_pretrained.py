@@ -7,6 +7,7 @@ environment (shared/pretrained/README.md): set FA_MATGL_REFERENCE_PYTHON to its 
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -59,6 +60,27 @@ def test_missing_weights_are_reported(monkeypatch, tmp_path):
     monkeypatch.setattr("fidelity_adapters.pretrained.pretrained_roots", lambda: [tmp_path])
     with pytest.raises(FileNotFoundError, match="no matgl/M3GNet-MatPES-PBE-v2025.1-PES"):
         load_pretrained(PBE)
+
+
+@needs_matgl_weights
+def test_commands_run_a_pretrained_model_by_name(tmp_path, capsys):
+    """evaluate (like eos, relax and md) takes a registered name where a model file is expected:
+    labels made by that model score zero error, so the name loaded that very model."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = []
+    for atoms in (molecule("H2O"), _oxide()):
+        energy, forces, _ = _predict(load_pretrained(R2SCAN), atoms, "r2SCAN")
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    write(tmp_path / "labelled.extxyz", frames)
+    capsys.readouterr()
+    assert cli.main(["evaluate", R2SCAN, str(tmp_path / "labelled.extxyz"), "--data-fidelity", "r2SCAN", "--fidelity", "r2SCAN", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["force_mae"] < 1e-5 and result["energy_mae_per_atom"] < 1e-5, result
+    assert cli.main(["evaluate", PBE, str(tmp_path / "labelled.extxyz"), "--data-fidelity", "r2SCAN", "--fidelity", "r2SCAN"]) == 2
+    assert "r2SCAN" in capsys.readouterr().err  # PBE's model has no r2SCAN level: named, no fall-back
 
 
 def test_m3gnet_options_are_checked():
