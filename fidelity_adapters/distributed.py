@@ -1,7 +1,7 @@
 """Data-parallel training over processes (torchrun), with the single-process loop's results.
 
 `fidelity-adapters train` (or `train()`) started by `torchrun --nproc_per_node N` joins the
-process group torchrun describes (gloo on CPU, nccl on CUDA). Every rank holds the same
+process group torchrun describes (gloo on CPU, nccl on CUDA: `backend_for`). Every rank holds the same
 structures and draws the same global batches; rank r takes every N-th structure of each. The
 losses are masked means, so before backward the label counts are summed over the ranks and
 each rank divides its own squared-error sums by the global counts; the gradients are then
@@ -69,12 +69,18 @@ class World:
             raise ValueError(f"ranks disagree on {what}: rank 0 has {values[0]!r}, ranks {odd} have {[values[r] for r in odd]}")
 
 
+def backend_for(device: str | torch.device) -> str:
+    """gloo on CPU; on CUDA, nccl for the gradients and gloo for the label counts and metric
+    sums, which stay on the CPU (nccl alone cannot reduce a CPU tensor)."""
+    return "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
 def world(device: str | torch.device = "cpu") -> World:
     """The process group this process belongs to, joined now if torchrun started it and no
-    one has yet (gloo on CPU, nccl on CUDA); World() for a plain single process."""
+    one has yet (`backend_for(device)`); World() for a plain single process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+        dist.init_process_group(backend_for(device))
     if not dist.is_initialized():
         return World()
     return World(dist.get_rank(), dist.get_world_size())

@@ -194,7 +194,7 @@ def training_step(potential: Potential, graphs: list, config: TrainConfig, world
     if terms is not None:
         loss = _loss({**terms, **dict(zip(count_keys, counts))}, config)
         loss.backward()
-        loss_value = loss.detach().to(torch.float64)
+        loss_value = loss.detach().to("cpu", torch.float64)  # where every rank's is, empty shards too
     world.sum_gradients(parameters)
     return float(world.sum(loss_value))
 

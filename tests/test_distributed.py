@@ -11,10 +11,12 @@ import socket
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import small_potential, water_dimer
 from fidelity_adapters import from_atoms
+from fidelity_adapters import distributed
 from fidelity_adapters.distributed import World
 from fidelity_adapters.training import TrainConfig, training_step
 
@@ -46,8 +48,8 @@ def _worker(rank: int, size: int, port: int, job: str, out: str, options: dict) 
     from fidelity_adapters import training
     from fidelity_adapters.distributed import world
 
-    ranks = world()
-    potential = small_potential(["H", "O"], ["PBE", "SCAN"])
+    ranks = world()  # gloo: on a GPU too, where two ranks share one device (nccl allows one rank per GPU)
+    potential = small_potential(["H", "O"], ["PBE", "SCAN"]).to(options.get("device", "cpu"))
     data = labelled_dimers()
     config = TrainConfig(batch_size=4, max_epochs=2, progress=False, **options.get("config", {}))
     if job == "gradients":
@@ -130,3 +132,30 @@ def test_two_processes_with_an_atom_limit_train_as_one(tmp_path):
     two = torch.load(tmp_path / "two" / "final.pt", weights_only=True)
     for key, value in two.items():
         torch.testing.assert_close(value, single.state_dict()[key], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_processes_on_a_gpu_train_as_one(tmp_path):
+    """The loop's tensors on CUDA through a real process group: counts and sums on the CPU,
+    gradients on the GPU, as one process on the GPU."""
+    from fidelity_adapters.training import train
+
+    single = small_potential(["H", "O"], ["PBE", "SCAN"]).to("cuda")
+    data = labelled_dimers()
+    train(single, data[:8], data[8:], TrainConfig(batch_size=4, max_epochs=2, progress=False))
+    run_two("train", tmp_path / "two", device="cuda")
+    two = torch.load(tmp_path / "two" / "final.pt", weights_only=True)
+    for key, value in two.items():
+        torch.testing.assert_close(value, single.state_dict()[key], rtol=1e-9, atol=1e-12)
+
+
+def test_torchrun_on_cuda_joins_nccl_with_gloo_for_cpu_tensors(monkeypatch):
+    """Under torchrun, the backend follows the device: nccl cannot reduce the CPU-held label
+    counts, so CUDA runs name gloo for those."""
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", joined.append)
+    distributed.world("cuda:0")
+    distributed.world("cpu")
+    assert joined == ["cpu:gloo,cuda:nccl", "gloo"]
