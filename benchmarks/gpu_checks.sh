@@ -7,10 +7,13 @@
 #       into .gpu/ (git-ignored)
 #   bash benchmarks/gpu_checks.sh run       # there (carry .gpu), writes logs and tables to $OUT
 #
-# `run`: the CUDA tests (train/evaluate on cuda equal cpu, TF32 takes effect and keeps forces),
-# one training run under torchrun on the nccl backend, the precision table on the GPU and the
-# M3GNet table against matgl 4.1.2 on the GPU. Each step's exit status is printed; every step
-# runs even if one before it failed, and the script fails if any did.
+# `run`: the CUDA tests (train/evaluate on cuda equal cpu, TF32 takes effect and keeps forces, two
+# ranks on the GPU train as one), `train --device cuda` under torchrun, 400 NVE steps of MatPES-r2SCAN on the GPU
+# (energy drift), the M3GNet table against matgl 4.1.2 and the precision table on the GPU;
+# `run STEP...` runs only the steps named. Each step's exit status is printed; every step runs
+# even if one before it failed, and the script fails if any did. nccl itself is not run: it takes
+# one GPU per rank, and one GPU runs torchrun's single rank without a process group; the two-rank
+# GPU test shares the GPU over gloo.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU=.gpu
@@ -38,12 +41,15 @@ EOF
   du -sh "$GPU"
 }
 
-step() {  # step NAME COMMAND...: run, keep the log, remember a failure
+step() {  # step NAME SECONDS COMMAND...: run under a time cap (one hung step must not use up the
+  # lease), keep the log, remember a failure (exit 124: the cap was reached)
+  if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $1 "* ]]; then return; fi
   echo "== $1"
-  "${@:2}" > "$OUT/$1.log" 2>&1
+  local start=$SECONDS
+  timeout --kill-after=10 "$2" "${@:3}" > "$OUT/$1.log" 2>&1
   local status=$?
   tail -n 15 "$OUT/$1.log"
-  echo "== $1: exit $status"
+  echo "== $1: exit $status after $((SECONDS - start)) s"
   [ $status -eq 0 ] || failed+=("$1")
 }
 
@@ -54,17 +60,20 @@ run() {
   failed=()
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/machine.txt"
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT/machine.txt"
-  step cuda_tests python3 -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_precision.py -k "cuda"
-  step nccl_train torchrun --nproc_per_node 1 -m fidelity_adapters.cli train "$GPU/scan_water_8.extxyz" --data-fidelity SCAN \
+  step cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_precision.py tests/test_distributed.py \
+    -k "cuda or gpu"
+  step torchrun_train 100 python3 -m torch.distributed.run --nproc_per_node 1 -m fidelity_adapters.cli train "$GPU/scan_water_8.extxyz" --data-fidelity SCAN \
     --val-fraction 0.25 --epochs 2 --max-atoms 1728 --out /tmp/nccl_run --device cuda
-  step precision python3 benchmarks/precision.py --data "$GPU/scan_water_8.extxyz" --frames 2 --device cuda --out "$OUT/precision_cuda.md"
-  step m3gnet_vs_matgl python3 benchmarks/m3gnet_vs_matgl.py --device cuda --out "$OUT/m3gnet_vs_matgl_cuda.md"
+  step md_cuda 90 python3 -m fidelity_adapters.cli md matgl:M3GNet-MatPES-r2SCAN-v2025.1 "$GPU/scan_water_8.extxyz" --fidelity r2SCAN \
+    --ensemble nve --steps 400 --timestep 0.5 --temperature 300 --out /tmp/md_cuda.extxyz --device cuda
+  step m3gnet_vs_matgl 220 python3 benchmarks/m3gnet_vs_matgl.py --device cuda --out "$OUT/m3gnet_vs_matgl_cuda.md"
+  step precision 60 python3 benchmarks/precision.py --data "$GPU/scan_water_8.extxyz" --frames 2 --device cuda --out "$OUT/precision_cuda.md"
   echo "failed: ${failed[*]:-none}"
   [ ${#failed[@]} -eq 0 ]
 }
 
 case "${1:-}" in
   prepare) prepare ;;
-  run) run ;;
+  run) only=("${@:2}"); run ;;
   *) echo "usage: bash benchmarks/gpu_checks.sh prepare|run" >&2; exit 2 ;;
 esac
