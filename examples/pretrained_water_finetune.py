@@ -21,6 +21,9 @@ train the recipe's M3GNet from scratch on the differences (`--scratch-epochs`, `
 `scratch-mfi` is our model without a foundation: the recipe's multi-fidelity M3GNet from random
 weights on the `--low-data` frames (a lower level of theory, other structures) and the same
 training frames, validated and tested at the target on the same split (Ko & Ong's mfi).
+`--device cuda` runs and trains every model on the GPU (`bash benchmarks/gpu_checks.sh water
+OPTION...` on a lent machine: a SevenNet-MF-0 run on 768-atom frames in seconds, not an hour;
+zero-shot and fine-tuning runs have run there, Delta and scratch-mfi not yet).
 """
 
 from __future__ import annotations
@@ -73,26 +76,27 @@ DEFAULT_RUNS = ["matpes-r2scan-zero-shot", "matpes-pbe-zero-shot", "sevenn-zero-
                 "matpes-r2scan-mfi", "matpes-r2scan-mfi-adapter", "matpes-pbe-mfi"]  # fmt: skip
 
 
-def zero_shot(name, base, train, test):
-    foundation = foundation_with_offset(name, base, train)  # the per-element offset between the codes, from the training frames
+def zero_shot(name, base, train, test, device):
+    foundation = foundation_with_offset(name, base, train, device)  # the per-element offset between the codes, from the training frames
     return {"test": error_metrics(parity_arrays(test, foundation.predict(test, base)), len(test)), "steps": 0}
 
 
-def delta_on_foundation(name, base, train, val, test, config):
-    foundation = foundation_with_offset(name, base, train)
+def delta_on_foundation(name, base, train, val, test, config, device):
+    foundation = foundation_with_offset(name, base, train, device)
     elements = sorted({int(z) for s in train for z in s.numbers})
-    combined, steps = foundation_delta(foundation, base, m3gnet_potential(elements, [DELTA], seed=config.seed), train, val, config)
+    delta = m3gnet_potential(elements, [DELTA], seed=config.seed).to(device)
+    combined, steps = foundation_delta(foundation, base, delta, train, val, config)
     return {"test": error_metrics(parity_arrays(test, combined.predict(test)), len(test)), "steps": steps,
             "val": error_metrics(parity_arrays(val, combined.predict(val)), len(val))}  # fmt: skip
 
 
-def scratch_mfi(low, train, val, test, target, config):
+def scratch_mfi(low, train, val, test, target, config, device):
     """Ko & Ong's recipe without a foundation model: one M3GNet from random weights on both levels."""
     low_levels = fidelities_of(low)
     if target in low_levels:
         raise ValueError(f"--low-data has frames at the target level {target!r}: it must hold a lower level only")
     elements = sorted({int(z) for s in [*low, *train] for z in s.numbers})
-    potential = m3gnet_potential(elements, [*low_levels, target], seed=config.seed)
+    potential = m3gnet_potential(elements, [*low_levels, target], seed=config.seed).to(device)
     result = train_potential(potential, [*low, *train], val, replace(config, monitor=target))
     return {"test": errors(potential, test, target), "steps": result.optimizer_steps, "val": errors(potential, val, target),
             "best_epoch": result.best_epoch, "epochs": len(result.history)}  # best_epoch (0-based) = epochs - 1: still improving
@@ -122,7 +126,10 @@ def main(argv=None):
     parser.add_argument("--rank", type=int, help="rank of the low-rank runs' updates (default: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every model runs and trains")
     args = parser.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here")
     torch.set_num_threads(args.threads)
     frames = read_structures(args.data, every=args.every, start=args.start, limit=args.limit, default_fidelity=args.target)
     n_test, n_val = args.test_frames, args.val_frames
@@ -153,15 +160,15 @@ def main(argv=None):
             continue
         start = time.time()
         if settings is None:
-            record = zero_shot(name, base, train, test)
+            record = zero_shot(name, base, train, test, args.device)
         elif settings == "delta":
-            record = delta_on_foundation(name, base, train, val, test, scratch_config)
+            record = delta_on_foundation(name, base, train, val, test, scratch_config, args.device)
         elif settings == "scratch-mfi":
-            record = scratch_mfi(low, train, val, test, args.target, scratch_config)
+            record = scratch_mfi(low, train, val, test, args.target, scratch_config, args.device)
         else:
             config = FinetuneConfig(
                 train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=1, seed=args.seed, progress=False),
-                **settings,
+                **settings, device=args.device,
             )
             result = finetune(name, args.target, train, val, config, base_fidelity=base)
             record = {"test": errors(result.potential, test, args.target), "steps": result.report["optimizer_steps"],
@@ -182,7 +189,7 @@ def main(argv=None):
         f"{args.target} liquid water, {len(train)} training frames of {len(train[0])} atoms (of {len(frames)}: from frame "
         f"{args.start}, step {args.every}, of {Path(args.data).name}), {n_val} validation, {n_test} test frames; seed "
         f"{args.seed}; {''.join(text + '; ' for text in budgets)}torch {torch.__version__}, {args.threads} threads, "
-        f"{platform.machine()} CPU. Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
+        f"{machine(args.device)}. Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
         "",
         "| model | pretrained | base | test E MAE (meV/atom) | test F MAE (meV/A) | steps | base-level drift F (meV/A) | time (s) |",
         "|---|---|---|---|---|---|---|---|",
@@ -196,6 +203,12 @@ def main(argv=None):
         )
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def machine(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(torch.device(device))} GPU ({platform.machine()} host)"
+    return f"{platform.machine()} CPU"
 
 
 if __name__ == "__main__":

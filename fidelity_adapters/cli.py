@@ -413,6 +413,7 @@ def _finetune(args) -> None:
                           force_weight=args.force_weight, patience=args.patience, seed=args.seed),
         replay=mode, replay_ratio=args.replay_ratio, replay_weight=args.replay_weight, rattle=args.rattle,
         trainable=args.trainable, rank=args.rank, radial=args.radial, self_connections=not args.no_self_connections,
+        device=str(_device(args.device)),
     )  # fmt: skip
     result = finetune(
         args.pretrained, args.target, [target[k] for k in train_ids], [target[k] for k in val_ids], config,
@@ -665,6 +666,7 @@ def parser() -> argparse.ArgumentParser:
                     help="a SevenNet's target update leaves its skip paths' self-connections out (as measured before 2026-12-03)")
     _schedule_options(ft, epochs=20, lr=1e-4, batch_size=4, val_fraction=0.2)
     ft.add_argument("--limit", type=int, help="read at most this many frames per data file")
+    ft.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (neighbour lists stay on the CPU)")
     ft.set_defaults(func=_finetune)
 
     lab = _command(sub, "label", help="DFT labels (PySCF) for molecules and clusters at a named fidelity, or a check that they are converged")

@@ -62,8 +62,11 @@ class FinetuneConfig:
     radial: bool = False  # a SevenNet's target update reaches its radial networks too (sevenn_low_rank.py)
     self_connections: bool = True  # and its skip paths' self-connections (False: as measured before 2026-12-03)
     state_dim: int = 16
+    device: str = "cpu"  # where the model trains: cpu, cuda or cuda:N (graphs are still built on the CPU)
 
     def check(self) -> None:
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: no CUDA device is available here")
         if self.replay not in REPLAY_KINDS:
             raise ValueError(f"replay must be one of {REPLAY_KINDS}, not {self.replay!r}")
         if self.trainable not in TRAINABLE:
@@ -182,7 +185,7 @@ def finetune(
         raise ValueError(f"replay structures were given but replay={config.replay!r}; use replay='data'")
 
     add = [] if target in model.fidelities else [target]
-    potential = load_pretrained(name, add=add, like=base, state_dim=config.state_dim)
+    potential = load_pretrained(name, add=add, like=base, state_dim=config.state_dim).to(config.device)
     seed = config.train.seed
     n_replay = int(round(config.replay_ratio * len(train_structures)))
     if config.replay == "data":

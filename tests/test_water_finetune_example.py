@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fidelity_adapters.bundled import water_clusters
 from fidelity_adapters.data import select, write_structures
@@ -66,3 +67,12 @@ def test_scratch_mfi_without_lower_level_is_an_error(example, files, capsys):
 def test_lower_level_at_the_target_is_an_error(example, files):
     with pytest.raises(ValueError, match="at the target level 'SCAN'"):
         example.main(arguments(files, "--low-data", str(files / "target.extxyz")))
+
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+def test_device_without_cuda_is_refused_before_any_work(example, files, capsys):
+    with pytest.raises(SystemExit):
+        example.main(arguments(files, "--low-data", str(files / "low.extxyz"), "--device", "cuda"))
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    assert not (files / "out").exists()

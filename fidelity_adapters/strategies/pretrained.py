@@ -49,11 +49,13 @@ def _hifi_sets(task: Task, fidelity: str) -> tuple[list[LabelledStructure], list
     return _relabelled(task.pick(task.split.hifi_train), fidelity), _relabelled(task.pick(task.split.validation), fidelity)
 
 
-def foundation_with_offset(pretrained: str, base: str, train_structures: Sequence[LabelledStructure]) -> Potential:
-    """The frozen foundation model `pretrained` at its level `base`, its references corrected by
-    the per-element offset that removes its mean energy error on `train_structures` (labelled at
-    another level of theory: the codes differ in their energy zero)."""
-    potential = load_pretrained(pretrained)
+def foundation_with_offset(
+    pretrained: str, base: str, train_structures: Sequence[LabelledStructure], device: str = "cpu"
+) -> Potential:
+    """The frozen foundation model `pretrained` at its level `base` on `device`, its references
+    corrected by the per-element offset that removes its mean energy error on `train_structures`
+    (labelled at another level of theory: the codes differ in their energy zero)."""
+    potential = load_pretrained(pretrained).to(device)
     potential.fit_references(_relabelled(train_structures, base), refit_scale=False, around_network=True)
     return potential
 
