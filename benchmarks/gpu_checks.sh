@@ -3,9 +3,12 @@
 # has python3.12 with CUDA torch, torch-geometric, e3nn, numba, h5py; no network, nothing of ../shared).
 #
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh prepare
-#       here: the Python 3.12 wheels the image lacks, the MatPES weights and 8 SCAN water frames
-#       into .gpu/ (git-ignored)
+#       here: the Python 3.12 wheels the image lacks, sevenn unpacked with SevenNet-MF-0 alone, the
+#       MatPES weights, 8 SCAN water frames and the DC-r2SCAN frames the liquid runs read, into
+#       .gpu/ (git-ignored; 43 MB)
 #   bash benchmarks/gpu_checks.sh run       # there (carry .gpu), writes logs and tables to $OUT
+#   bash benchmarks/gpu_checks.sh water --train-frames 6 --seed 1 --epochs 10 --lr 1e-3 \
+#       --runs sevenn-zero-shot sevenn-adapter sevenn-transfer --out $OUT/dc5_s1   # issue 13's liquid runs there
 #
 # `run`: the CUDA tests (train/evaluate on cuda equal cpu, TF32 takes effect and keeps forces, two
 # ranks on the GPU train as one), `train --device cuda` under torchrun, 400 NVE steps of MatPES-r2SCAN on the GPU
@@ -23,7 +26,9 @@ WHEELS=(  # pinned to the dev environment's versions; matgl and its pydantic for
   palettable==3.3.3 uncertainties==3.2.3 orjson==3.13.0 ruamel.yaml==0.19.1 ruamel.yaml.clib==0.2.15
   matgl==4.1.2 torchdata==0.11.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
   typing-inspection==0.4.5 typing-extensions==4.16.0
+  matscipy==1.3.1 braceexpand==0.1.7  # sevenn's needs; sevenn itself travels unpacked, below
 )
+SEVENN=sevenn==0.13.0  # its wheel (43 MB) holds four checkpoints; SevenNet-MF-0's alone is kept
 
 prepare() {
   mkdir -p "$GPU/wheels" "$GPU/pretrained"
@@ -31,14 +36,41 @@ prepare() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$GPU/wheels" "${WHEELS[@]}"
   cp -r ../shared/pretrained/matgl "$GPU/pretrained/"
+  local unpacked
+  unpacked=$(mktemp -d)
+  "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$unpacked" "$SEVENN"
+  rm -rf "$GPU/site_sevenn" && mkdir -p "$GPU/site_sevenn"
+  (cd "$GPU/site_sevenn" && unzip -q "$unpacked"/sevenn-*.whl && rm -rf sevenn/pretrained_potentials/SevenNet_0__* sevenn/pretrained_potentials/SevenNet_l3i5)
+  rm -rf "$unpacked"
   "$PY" - <<'EOF'
-import gzip  # the first 8 frames as text: ase's iread scans the whole 34 MB file first
-with gzip.open("../shared/data/water/scan_csiprinceton.extxyz.gz", "rt") as source, open(".gpu/scan_water_8.extxyz", "w") as out:
-    for _ in range(8):
-        count = source.readline()
-        out.write(count + "".join(source.readline() for _ in range(int(count) + 1)))
+import gzip  # frames as text: ase's iread scans a whole file first
+
+def frames(path):
+    with gzip.open(path, "rt") as source:
+        while count := source.readline():
+            yield count + "".join(source.readline() for _ in range(int(count) + 1))
+
+with open(".gpu/scan_water_8.extxyz", "w") as out:  # the first 8 SCAN frames
+    for _, frame in zip(range(8), frames("../shared/data/water/scan_csiprinceton.extxyz.gz")):
+        out.write(frame)
+with gzip.open(".gpu/dcr2scan_every18.extxyz.gz", "wt") as out:  # frames 0, 18, 36, ...: the liquid runs' --every 18
+    for k, frame in enumerate(frames("../shared/data/water/dcr2scan_paesani.extxyz.gz")):
+        if k % 18 == 0:
+            out.write(frame)
 EOF
   du -sh "$GPU"
+}
+
+setup() {  # there: the carried wheels into /tmp/site, and the environment every command needs
+  : "${OUT:?the device tool sets OUT, the folder whose files come back}"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/$GPU/site_sevenn:$PWD FIDELITY_ADAPTERS_PRETRAINED=$PWD/$GPU/pretrained PYTHONUNBUFFERED=1
+}
+
+water() {  # examples/pretrained_water_finetune.py on the GPU, on the DC-r2SCAN liquid's frames 0, 18, 36, ...
+  setup
+  python3 examples/pretrained_water_finetune.py --data "$GPU/dcr2scan_every18.extxyz.gz" --every 1 --test-frames 10 \
+    --val-frames 1 --device cuda --threads 8 "$@"
 }
 
 step() {  # step NAME SECONDS COMMAND...: run under a time cap (one hung step must not use up the
@@ -54,14 +86,12 @@ step() {  # step NAME SECONDS COMMAND...: run under a time cap (one hung step mu
 }
 
 run() {
-  : "${OUT:?the device tool sets OUT, the folder whose files come back}"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD FIDELITY_ADAPTERS_PRETRAINED=$PWD/$GPU/pretrained PYTHONUNBUFFERED=1
+  setup
   failed=()
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/machine.txt"
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT/machine.txt"
   step cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_precision.py tests/test_distributed.py \
-    -k "cuda or gpu"
+    tests/test_finetune.py -k "cuda or gpu"
   step torchrun_train 100 python3 -m torch.distributed.run --nproc_per_node 1 -m fidelity_adapters.cli train "$GPU/scan_water_8.extxyz" --data-fidelity SCAN \
     --val-fraction 0.25 --epochs 2 --max-atoms 1728 --out /tmp/nccl_run --device cuda
   step md_cuda 90 python3 -m fidelity_adapters.cli md matgl:M3GNet-MatPES-r2SCAN-v2025.1 "$GPU/scan_water_8.extxyz" --fidelity r2SCAN \
@@ -75,5 +105,6 @@ run() {
 case "${1:-}" in
   prepare) prepare ;;
   run) only=("${@:2}"); run ;;
-  *) echo "usage: bash benchmarks/gpu_checks.sh prepare|run" >&2; exit 2 ;;
+  water) water "${@:2}" ;;
+  *) echo "usage: bash benchmarks/gpu_checks.sh prepare | run [STEP...] | water OPTION..." >&2; exit 2 ;;
 esac
