@@ -15,8 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import small_potential, water_dimer
-from fidelity_adapters import from_atoms
-from fidelity_adapters import distributed
+from fidelity_adapters import distributed, from_atoms
 from fidelity_adapters.distributed import World
 from fidelity_adapters.training import TrainConfig, training_step
 

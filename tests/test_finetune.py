@@ -176,7 +176,8 @@ def test_finetune_on_cuda_starts_as_on_cpu_and_trains(clusters, name, options):
     """Fine-tuning with device="cuda" trains the model on the GPU from the CPU's starting point
     (predictions equal to float32 rounding) to about where the CPU gets. After 3 float32 Adam
     steps the two differed by 2-3 % in validation error on an H200 (two CPUs: 0.3 %), not to
-    rounding: Adam's first steps amplify rounding differences, so the end is compared to 10 %."""
+    rounding (likely Adam's first steps, which move a weight by about lr whatever the size of its
+    gradient; not investigated), so the end is compared to 10 %."""
     if name.startswith("sevenn"):
         pytest.importorskip("sevenn", reason="sevenn is not installed (pip install -e '.[sevenn]')")
     scan, _ = clusters
