@@ -193,6 +193,8 @@ def _device(name: str):
     a torch.device; CUDA asked for where there is none is an error, not a fall-back to the CPU."""
     import torch
 
+    from .devices import require_cuda
+
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -200,9 +202,7 @@ def _device(name: str):
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device {name!r}: give cpu, cuda or cuda:N")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
-            raise ValueError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}, built {built})")
+        require_cuda(f"--device {name}")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)  # the rank's GPU for NCCL

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .data import LabelledStructure
+from .devices import require_cuda
 from .evaluation import errors
 from .low_rank import add_low_rank_updates, merge_in_place
 from .potential import Potential
@@ -65,8 +66,8 @@ class FinetuneConfig:
     device: str = "cpu"  # where the model trains: cpu, cuda or cuda:N (graphs are still built on the CPU)
 
     def check(self) -> None:
-        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r}: no CUDA device is available here")
+        if torch.device(self.device).type == "cuda":
+            require_cuda(f"device {self.device!r}")
         if self.replay not in REPLAY_KINDS:
             raise ValueError(f"replay must be one of {REPLAY_KINDS}, not {self.replay!r}")
         if self.trainable not in TRAINABLE:
