@@ -41,7 +41,7 @@ import torch
 
 from fidelity_adapters import read_structures
 from fidelity_adapters.data import fidelities_of
-from fidelity_adapters.devices import require_cuda
+from fidelity_adapters.devices import parse_device
 from fidelity_adapters.evaluation import error_metrics, errors, parity_arrays
 from fidelity_adapters.finetune import FinetuneConfig, finetune
 from fidelity_adapters.pretrained import entry
@@ -129,11 +129,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every model runs and trains")
     args = parser.parse_args(argv)
-    if torch.device(args.device).type == "cuda":
-        try:
-            require_cuda(f"--device {args.device}")
-        except ValueError as error:
-            parser.error(str(error))
+    try:
+        parse_device(args.device, "--device")
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
     frames = read_structures(args.data, every=args.every, start=args.start, limit=args.limit, default_fidelity=args.target)
     n_test, n_val = args.test_frames, args.val_frames

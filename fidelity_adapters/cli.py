@@ -189,20 +189,14 @@ def _matmul_mode(args):
 
 
 def _device(name: str):
-    """--device: cpu, cuda or cuda:N (under torchrun, cuda is the rank's GPU, LOCAL_RANK), as
-    a torch.device; CUDA asked for where there is none is an error, not a fall-back to the CPU."""
+    """--device as a torch.device (devices.parse_device); under torchrun, cuda is the rank's
+    GPU (LOCAL_RANK)."""
     import torch
 
-    from .devices import require_cuda
+    from .devices import parse_device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r}: give cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: give cpu, cuda or cuda:N")
+    device = parse_device(name, "--device")
     if device.type == "cuda":
-        require_cuda(f"--device {name}")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)  # the rank's GPU for NCCL

@@ -1,9 +1,24 @@
-"""Where a model runs. CUDA asked for where there is none is an error that names what asked
-and how this torch was built, never a silent fall-back to the CPU."""
+"""Where a model runs. A device name other than cpu, cuda or cuda:N, and CUDA asked for where
+there is none, are errors that name what asked (and how this torch was built), never a silent
+fall-back to the CPU or torch's own parse error."""
 
 from __future__ import annotations
 
 import torch
+
+
+def parse_device(name: str, what: str) -> torch.device:
+    """`name` as a torch.device; ValueError naming `what` (the option or field that gave it)
+    when it is not cpu, cuda or cuda:N or when it asks for CUDA that is not here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what} {name!r}: give cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        require_cuda(f"{what} {name}")
+    return device
 
 
 def require_cuda(what: str) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .data import LabelledStructure
-from .devices import require_cuda
+from .devices import parse_device
 from .evaluation import errors
 from .low_rank import add_low_rank_updates, merge_in_place
 from .potential import Potential
@@ -66,8 +66,7 @@ class FinetuneConfig:
     device: str = "cpu"  # where the model trains: cpu, cuda or cuda:N (graphs are still built on the CPU)
 
     def check(self) -> None:
-        if torch.device(self.device).type == "cuda":
-            require_cuda(f"device {self.device!r}")
+        parse_device(self.device, "device")
         if self.replay not in REPLAY_KINDS:
             raise ValueError(f"replay must be one of {REPLAY_KINDS}, not {self.replay!r}")
         if self.trainable not in TRAINABLE:

@@ -165,8 +165,15 @@ def test_cli_finetune_uses_base_frames_as_replay(clusters, tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 def test_finetune_on_cuda_where_there_is_none_is_an_error(clusters):
     scan, _ = clusters
-    with pytest.raises(ValueError, match="device 'cuda': no CUDA device is available here"):
+    with pytest.raises(ValueError, match="device cuda: no CUDA device is available here"):
         finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(device="cuda"))
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "cuda:x"])
+def test_finetune_on_a_device_that_is_not_one_is_an_error(clusters, device):
+    scan, _ = clusters
+    with pytest.raises(ValueError, match=f"device '{device}': give cpu, cuda or cuda:N"):
+        finetune(PBE_MODEL, "SCAN", scan[:4], scan[4:6], _quick(device=device))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
