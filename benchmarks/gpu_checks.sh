@@ -4,11 +4,14 @@
 #
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh prepare
 #       here: the Python 3.12 wheels the image lacks, sevenn unpacked with SevenNet-MF-0 alone, the
-#       MatPES weights, 8 SCAN water frames and the DC-r2SCAN frames the liquid runs read, into
-#       .gpu/ (git-ignored; 43 MB)
+#       MatPES weights, 8 SCAN water frames and the SCAN and DC-r2SCAN frames the liquid runs read,
+#       into .gpu/ (git-ignored; 42 MB)
 #   bash benchmarks/gpu_checks.sh run       # there (carry .gpu), writes logs and tables to $OUT
 #   bash benchmarks/gpu_checks.sh water --train-frames 6 --seed 1 --epochs 10 --lr 1e-3 \
 #       --runs sevenn-zero-shot sevenn-adapter sevenn-transfer --out $OUT/dc5_s1   # issue 13's liquid runs there
+#   bash benchmarks/gpu_checks.sh issue13 [GROUP...]   # there: the liquid cells issue 13 still lacks,
+#       into $OUT/issue13_runs.tar.gz; all groups may take up to 1050 s, more than one call's 600:
+#       run `issue13 dc20 dc10`, then `issue13 delta scan20`
 #
 # `run`: the CUDA tests (train/evaluate on cuda equal cpu, TF32 takes effect and keeps forces, two
 # ranks on the GPU train as one), `train --device cuda` under torchrun, 400 NVE steps of MatPES-r2SCAN on the GPU
@@ -20,6 +23,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU=.gpu
+SELF=$PWD/benchmarks/gpu_checks.sh
 PY=${PYTHON:-python3}
 WHEELS=(  # pinned to the dev environment's versions; matgl and its pydantic for benchmarks/m3gnet_vs_matgl.py
   ase==3.29.0 lmdb==3.0.0 pymatgen==2026.10.24 pymatgen-core==2026.10.16 monty==2026.10.21 spglib==2.8.0
@@ -53,6 +57,10 @@ def frames(path):
 with open(".gpu/scan_water_8.extxyz", "w") as out:  # the first 8 SCAN frames
     for _, frame in zip(range(8), frames("../shared/data/water/scan_csiprinceton.extxyz.gz")):
         out.write(frame)
+with gzip.open(".gpu/scan_from1781.extxyz.gz", "wt") as out:  # the SCAN runs' frames: --start 1781
+    for k, frame in enumerate(frames("../shared/data/water/scan_csiprinceton.extxyz.gz")):
+        if k >= 1781:
+            out.write(frame)
 with gzip.open(".gpu/dcr2scan_every18.extxyz.gz", "wt") as out:  # frames 0, 18, 36, ...: the liquid runs' --every 18
     for k, frame in enumerate(frames("../shared/data/water/dcr2scan_paesani.extxyz.gz")):
         if k % 18 == 0:
@@ -63,6 +71,8 @@ EOF
 
 setup() {  # there: the carried wheels into /tmp/site, and the environment every command needs
   : "${OUT:?the device tool sets OUT, the folder whose files come back}"
+  [ -n "${SET_UP:-}" ] && return
+  export SET_UP=1  # and the commands this script starts as itself (issue13's capped steps)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD/$GPU/site_sevenn:$PWD FIDELITY_ADAPTERS_PRETRAINED=$PWD/$GPU/pretrained PYTHONUNBUFFERED=1
 }
@@ -72,6 +82,44 @@ water() {  # examples/pretrained_water_finetune.py on the GPU, on the DC-r2SCAN 
   python3 examples/pretrained_water_finetune.py --data "$GPU/dcr2scan_every18.extxyz.gz" --every 1 --test-frames 10 \
     --val-frames 1 --device cuda --threads 8 "$@"
 }
+
+scan() {  # the same on the SCAN liquid's frames from 1781 (the CPU runs' --start 1781: same splits)
+  setup
+  python3 examples/pretrained_water_finetune.py --data "$GPU/scan_from1781.extxyz.gz" --target SCAN --every 1 \
+    --test-frames 20 --val-frames 2 --device cuda --threads 8 "$@"
+}
+
+issue13() {  # the liquid cells of issue 13 not yet measured, most wanted first, each run capped; the
+  # reports and logs are packed into $OUT/issue13_runs.tar.gz after every run (the tool returns 8
+  # files). Zero-shot is not rerun: a seed's test frames do not depend on the fraction. GROUPs:
+  # dc20 dc10 delta scan20 (default: all, in that order).
+  setup
+  failed=()
+  local groups=("${@:-dc20 dc10 delta scan20}") packed=$OUT
+  OUT=/tmp/issue13 && mkdir -p "$OUT/runs"
+  finetune=(--epochs 10 --lr 1e-3)
+  for group in ${groups[*]}; do
+    case $group in
+      dc20) for seed in 0 1 2; do
+              step runs/dc20_s$seed 150 bash "$SELF" water "${finetune[@]}" --train-frames 24 --seed $seed --runs sevenn-adapter sevenn-transfer \
+                --out "$OUT/runs/water_dcr2scan_20pct_sevenn_gpu_s$seed"; pack; done ;;
+      dc10) step runs/dc10_s2 90 bash "$SELF" water "${finetune[@]}" --train-frames 12 --seed 2 --runs sevenn-adapter sevenn-transfer \
+              --out "$OUT/runs/water_dcr2scan_10pct_sevenn_gpu_s2"; pack
+            step runs/dc10_s1 60 bash "$SELF" water "${finetune[@]}" --train-frames 12 --seed 1 --runs sevenn-transfer \
+              --out "$OUT/runs/water_dcr2scan_10pct_sevenn_gpu_s1_transfer"; pack ;;
+      delta) for seed in 1 2; do
+               step runs/delta_s$seed 90 bash "$SELF" water "${finetune[@]}" --train-frames 6 --seed $seed --runs sevenn-delta \
+                 --out "$OUT/runs/water_dcr2scan_5pct_sevenn_delta_gpu_s$seed"; pack; done ;;
+      scan20) for seed in 0 1 2; do
+                step runs/scan20_s$seed 90 bash "$SELF" scan "${finetune[@]}" --train-frames 24 --seed $seed --runs sevenn-adapter sevenn-transfer \
+                  --out "$OUT/runs/water_scan_sevenn_20pct_gpu_s$seed"; pack; done ;;
+      *) echo "unknown group $group: give dc20 dc10 delta scan20" >&2; return 2 ;;
+    esac
+  done
+  echo "failed: ${failed[*]:-none}"
+}
+
+pack() { tar -czf "$packed/issue13_runs.tar.gz" -C "$OUT" .; }
 
 step() {  # step NAME SECONDS COMMAND...: run under a time cap (one hung step must not use up the
   # lease), keep the log, remember a failure (exit 124: the cap was reached)
@@ -106,5 +154,7 @@ case "${1:-}" in
   prepare) prepare ;;
   run) only=("${@:2}"); run ;;
   water) water "${@:2}" ;;
-  *) echo "usage: bash benchmarks/gpu_checks.sh prepare | run [STEP...] | water OPTION..." >&2; exit 2 ;;
+  scan) scan "${@:2}" ;;
+  issue13) only=(); issue13 "${@:2}" ;;
+  *) echo "usage: bash benchmarks/gpu_checks.sh prepare | run [STEP...] | water|scan OPTION... | issue13 [GROUP...]" >&2; exit 2 ;;
 esac
