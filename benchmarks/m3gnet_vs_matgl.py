@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fidelity_adapters.devices import parse_device
+
 DEFAULT_SIZES = (8, 64, 216, 512, 1728)  # atoms of cubic diamond Si supercells (k^3 x 8)
 QUICK_SIZES = (8, 64)
 TRAIN_BATCH, TRAIN_ATOMS = 16, 64
@@ -314,8 +316,12 @@ class Matgl:
 # ----------------------------------------------------------------------------- timing
 
 
+def on_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def _sync(device):
-    if torch.device(device).type == "cuda":
+    if on_cuda(device):
         torch.cuda.synchronize()
 
 
@@ -391,7 +397,7 @@ def memory_child(impl_name, n_atoms, device, threads, same_size):
         reset = True
     except OSError:
         reset = False
-    if torch.device(device).type == "cuda":
+    if on_cuda(device):
         torch.cuda.reset_peak_memory_stats()
     forces = impl.efs(ready, stress=False)
     _sync(device)
@@ -404,7 +410,7 @@ def memory_child(impl_name, n_atoms, device, threads, same_size):
         "baseline_mib": baseline / 1024,
         "hwm_reset": reset,
     }
-    if torch.device(device).type == "cuda":
+    if on_cuda(device):
         result["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("MEMORY " + json.dumps(result))
 
@@ -485,7 +491,7 @@ def machine_header(args):
         f"- machine: {os.cpu_count()} logical cores, {model}; {platform.system()} {platform.release()}",
         f"- torch {torch.__version__}, torch_geometric {__import__('torch_geometric').__version__}, matgl {matgl.__version__}, "
         f"Python {platform.python_version()}",
-        f"- device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
+        f"- device {args.device}" + (f" ({torch.cuda.get_device_name(args.device)})" if on_cuda(args.device) else "")
         + f", torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
         + ", dtype float32",
         f"- median of {args.repeats} timed call(s) after {args.warmup} warm-up call(s); ours and matgl interleaved",
@@ -521,8 +527,10 @@ def main(argv=None):
     parser.add_argument("--_memory-atoms", dest="memory_atoms", type=int, default=1728, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    try:
+        parse_device(args.device, "--device")
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.memory_atoms, args.device, args.threads, args.same_size)
@@ -613,7 +621,7 @@ def main(argv=None):
                      f"{mib['ours']:.0f}" if mib["ours"] is not None else "failed",
                      f"{mib['matgl']:.0f}" if mib["matgl"] is not None else "failed",
                      memory_ratio(mib["ours"], mib["matgl"])))  # fmt: skip
-        if args.device == "cuda" and len(memory) == 2:
+        if on_cuda(args.device) and len(memory) == 2:
             c = {k: statistics.median(r["cuda_peak_mib"] for r in runs) for k, runs in memory.items()}
             rows.append(("peak CUDA memory allocated, E+F (MiB)", f"Si {memory_atoms}", memory_atoms, f"{c['ours']:.0f}",
                          f"{c['matgl']:.0f}", memory_ratio(c["ours"], c["matgl"])))  # fmt: skip
@@ -667,7 +675,7 @@ def main(argv=None):
             t_lg = median_time(lambda: matgl_impl.line_graph(g, lat), args.repeats, args.warmup, args.device)
             out += [f"| (matgl: Atoms2Graph.get_graph) | {fmt_time(t_nl)} |",
                     f"| (matgl: bond lengths + create_line_graph) | {fmt_time(t_lg)} |", ""]
-        if args.device == "cpu":
+        if not on_cuda(args.device):
             atoms = silicon(max(profile_sizes), seed=max(profile_sizes))
             for impl in impls["Si"]:
                 out += [f"### torch.profiler, one E+F call, {impl.name}, Si {len(atoms)} (self CPU time)", "", "```",
