@@ -4,14 +4,14 @@
 #
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh prepare
 #       here: the Python 3.12 wheels the image lacks, sevenn unpacked with SevenNet-MF-0 alone, the
-#       MatPES weights, 8 SCAN water frames, the SCAN and DC-r2SCAN frames the liquid runs read and
-#       the RPBE-D3 set (scratch-mfi's lower level), into .gpu/ (git-ignored; 44 MB)
+#       MatPES weights, 8 SCAN water frames and the SCAN and DC-r2SCAN frames the liquid runs read,
+#       into .gpu/ (git-ignored; 43 MB)
 #   bash benchmarks/gpu_checks.sh run       # there (carry .gpu), writes logs and tables to $OUT
 #   bash benchmarks/gpu_checks.sh water --train-frames 6 --seed 1 --epochs 10 --lr 1e-3 \
 #       --runs sevenn-zero-shot sevenn-adapter sevenn-transfer --out $OUT/dc5_s1   # issue 13's liquid runs there
 #   bash benchmarks/gpu_checks.sh issue13 [GROUP...]   # there: the liquid cells issue 13 still lacks,
-#       into $OUT/issue13_runs.tar.gz; all groups may take up to 1020 s (their caps), more than one
-#       call's 600: run `issue13 dc20 dc10`, then `issue13 delta scan20`
+#       into $OUT/issue13_runs.tar.gz; both groups' caps sum to 600 s (a run took 13-27 s on an H200):
+#       give the call timeout_s 600, or run `issue13 dc20` and `issue13 dc10` apart
 #
 # `run`: the CUDA tests (train/evaluate on cuda equal cpu, TF32 takes effect and keeps forces, two
 # ranks on the GPU train as one), `train --device cuda` under torchrun, 400 NVE steps of MatPES-r2SCAN on the GPU
@@ -40,7 +40,6 @@ prepare() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$GPU/wheels" "${WHEELS[@]}"
   cp -r ../shared/pretrained/matgl "$GPU/pretrained/"
-  cp ../shared/data/water/rpbe_d3_cheng.extxyz.gz "$GPU/"  # 1.5 MB, all 150 frames
   local unpacked
   unpacked=$(mktemp -d)
   "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$unpacked" "$SEVENN"
@@ -93,10 +92,10 @@ scan() {  # the same on the SCAN liquid's frames from 1781 (the CPU runs' --star
 issue13() {  # the liquid cells of issue 13 not yet measured, most wanted first, each run capped; the
   # reports and logs are packed into $OUT/issue13_runs.tar.gz after every run (the tool returns 8
   # files). Zero-shot is not rerun: a seed's test frames do not depend on the fraction. GROUPs:
-  # dc20 dc10 delta scan20 (default: all, in that order).
+  # dc20 dc10 (default: both, in that order).
   setup
   failed=()
-  local groups=("${@:-dc20 dc10 delta scan20}") packed=$OUT
+  local groups=("${@:-dc20 dc10}") packed=$OUT
   OUT=/tmp/issue13 && mkdir -p "$OUT/runs"
   finetune=(--epochs 10 --lr 1e-3)
   for group in ${groups[*]}; do
@@ -108,13 +107,7 @@ issue13() {  # the liquid cells of issue 13 not yet measured, most wanted first,
               --out "$OUT/runs/water_dcr2scan_10pct_sevenn_gpu_s2"; pack
             step runs/dc10_s1 60 bash "$SELF" water "${finetune[@]}" --train-frames 12 --seed 1 --runs sevenn-transfer \
               --out "$OUT/runs/water_dcr2scan_10pct_sevenn_gpu_s1_transfer"; pack ;;
-      delta) for seed in 1 2; do
-               step runs/delta_s$seed 90 bash "$SELF" water "${finetune[@]}" --train-frames 6 --seed $seed --runs sevenn-delta \
-                 --out "$OUT/runs/water_dcr2scan_5pct_sevenn_delta_gpu_s$seed"; pack; done ;;
-      scan20) for seed in 1 2; do  # ours from scratch at 20 % (seed 0 ran on the CPU, 2026-12-05)
-                step runs/scan20_scratch_s$seed 120 bash "$SELF" scan --train-frames 24 --seed $seed --runs scratch-mfi \
-                  --low-data "$GPU/rpbe_d3_cheng.extxyz.gz" --scratch-epochs 10 --out "$OUT/runs/water_scan_scratch_mfi_20pct_gpu_s$seed"; pack; done ;;
-      *) echo "unknown group $group: give dc20 dc10 delta scan20" >&2; return 2 ;;
+      *) echo "unknown group $group: give dc20 dc10" >&2; return 2 ;;
     esac
   done
   echo "failed: ${failed[*]:-none}"
