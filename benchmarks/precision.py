@@ -108,7 +108,7 @@ def main() -> None:
     lines = [
         f"Precision against float64: {args.model} at {fidelity}, {len(frames)} frames of {args.data.split('/')[-1]} "
         f"({atoms:.0f} atoms on average; mean |F| {1e3 * scale:.0f} meV/A), energy, forces and stress per call, "
-        f"{args.device}; {machine()}. Command: `python benchmarks/precision.py` with the options above.",
+        f"{machine(args.device)}. Command: `python benchmarks/precision.py` with the options above.",
         "",
         "| precision | F MAE (meV/A) | F max (meV/A) | E max (meV/atom) | stress max (MPa) | s per frame | vs float32 |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from fidelity_adapters import read_structures
+from fidelity_adapters.compare import machine
 from fidelity_adapters.data import fidelities_of
 from fidelity_adapters.devices import parse_device
 from fidelity_adapters.evaluation import error_metrics, errors, parity_arrays
@@ -191,8 +191,8 @@ def main(argv=None):
     lines = [
         f"{args.target} liquid water, {len(train)} training frames of {len(train[0])} atoms (of {len(frames)}: from frame "
         f"{args.start}, step {args.every}, of {Path(args.data).name}), {n_val} validation, {n_test} test frames; seed "
-        f"{args.seed}; {''.join(text + '; ' for text in budgets)}torch {torch.__version__}, {args.threads} threads, "
-        f"{machine(args.device)}. Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
+        f"{args.seed}; {''.join(text + '; ' for text in budgets)}{machine(args.device)}."
+        f" Command: `python examples/pretrained_water_finetune.py {' '.join(argv or sys.argv[1:])}`.",
         "",
         "| model | pretrained | base | test E MAE (meV/atom) | test F MAE (meV/A) | steps | base-level drift F (meV/A) | time (s) |",
         "|---|---|---|---|---|---|---|---|",
@@ -206,12 +206,6 @@ def main(argv=None):
         )
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def machine(device: str) -> str:
-    if torch.device(device).type == "cuda":
-        return f"{torch.cuda.get_device_name(torch.device(device))} GPU ({platform.machine()} host)"
-    return f"{platform.machine()} CPU"
 
 
 if __name__ == "__main__":

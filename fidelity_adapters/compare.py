@@ -185,8 +185,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def machine() -> str:
-    return f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+def machine(device: str | torch.device = "cpu") -> str:
+    """Where a run ran, for its report: the GPU when it used one, then the host's cores, torch and threads."""
+    host = f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    device = torch.device(device)
+    return f"{torch.cuda.get_device_name(device)} GPU on {host}" if device.type == "cuda" else host
 
 
 def _percent(fraction: float) -> str:
