@@ -18,6 +18,8 @@ differ); fine-tuned models get the same correction inside finetune(). Every fine
 the same epochs, learning rate and batch size; its optimizer steps are in the table (replay
 doubles the steps per epoch). Delta runs keep the foundation model frozen (offset fitted) and
 train the recipe's M3GNet from scratch on the differences (`--scratch-epochs`, `--scratch-lr`).
+Each training run shows its epochs on stderr (train and validation loss, best epoch) while it
+runs; the results go to `--out` at the end.
 `scratch-mfi` is our model without a foundation: the recipe's multi-fidelity M3GNet from random
 weights on the `--low-data` frames (a lower level of theory, other structures) and the same
 training frames, validated and tested at the target on the same split (Ko & Ong's mfi).
@@ -150,7 +152,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    scratch_config = TrainConfig(max_epochs=args.scratch_epochs, learning_rate=args.scratch_lr, batch_size=1, seed=args.seed, progress=False)
+    scratch_config = TrainConfig(max_epochs=args.scratch_epochs, learning_rate=args.scratch_lr, batch_size=1, seed=args.seed)
     for key in args.runs:
         label, name, base, settings = RUNS[key]
         if isinstance(settings, dict) and "rank" in settings:
@@ -170,7 +172,7 @@ def main(argv=None):
             record = scratch_mfi(low, train, val, test, args.target, scratch_config, args.device)
         else:
             config = FinetuneConfig(
-                train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=1, seed=args.seed, progress=False),
+                train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=1, seed=args.seed),
                 **settings, device=args.device,
             )
             result = finetune(name, args.target, train, val, config, base_fidelity=base)

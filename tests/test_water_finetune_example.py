@@ -40,8 +40,10 @@ def arguments(files, *extra):
             "--threads", "1", "--out", str(files / "out"), *extra]  # fmt: skip
 
 
-def test_scratch_mfi_trains_on_both_levels(example, files):
+def test_scratch_mfi_trains_on_both_levels(example, files, capsys):
     example.main(arguments(files, "--low-data", str(files / "low.extxyz")))
+    progress = capsys.readouterr().err  # a line per epoch on stderr, so a run of hours can be followed
+    assert "training: 100%" in progress and "2/2" in progress and "val=" in progress
     (record,) = json.loads((files / "out" / "results.json").read_text())
     assert record["steps"] == 2 * (3 + 2)  # 2 epochs of 3 PBE + 2 SCAN frames, batch 1
     assert "3 PBE frames" in record["label"] and record["pretrained"] is None
