@@ -19,7 +19,9 @@ the same epochs, learning rate and batch size; its optimizer steps are in the ta
 doubles the steps per epoch). Delta runs keep the foundation model frozen (offset fitted) and
 train the recipe's M3GNet from scratch on the differences (`--scratch-epochs`, `--scratch-lr`).
 Each training run shows its epochs on stderr (train and validation loss, best epoch) while it
-runs; the results go to `--out` at the end.
+runs; the results go to `--out` at the end. With `--checkpoints DIR` each training run keeps its
+checkpoint in DIR/<run> after every epoch, and the same command resumes a killed run there (other
+settings or frames are refused, not mixed in).
 `scratch-mfi` is our model without a foundation: the recipe's multi-fidelity M3GNet from random
 weights on the `--low-data` frames (a lower level of theory, other structures) and the same
 training frames, validated and tested at the target on the same split (Ko & Ong's mfi).
@@ -84,23 +86,23 @@ def zero_shot(name, base, train, test, device):
     return {"test": error_metrics(parity_arrays(test, foundation.predict(test, base)), len(test)), "steps": 0}
 
 
-def delta_on_foundation(name, base, train, val, test, config, device):
+def delta_on_foundation(name, base, train, val, test, config, device, out_dir=None):
     foundation = foundation_with_offset(name, base, train, device)
     elements = sorted({int(z) for s in train for z in s.numbers})
     delta = m3gnet_potential(elements, [DELTA], seed=config.seed).to(device)
-    combined, steps = foundation_delta(foundation, base, delta, train, val, config)
+    combined, steps = foundation_delta(foundation, base, delta, train, val, config, out_dir)
     return {"test": error_metrics(parity_arrays(test, combined.predict(test)), len(test)), "steps": steps,
             "val": error_metrics(parity_arrays(val, combined.predict(val)), len(val))}  # fmt: skip
 
 
-def scratch_mfi(low, train, val, test, target, config, device):
+def scratch_mfi(low, train, val, test, target, config, device, out_dir=None):
     """Ko & Ong's recipe without a foundation model: one M3GNet from random weights on both levels."""
     low_levels = fidelities_of(low)
     if target in low_levels:
         raise ValueError(f"--low-data has frames at the target level {target!r}: it must hold a lower level only")
     elements = sorted({int(z) for s in [*low, *train] for z in s.numbers})
     potential = m3gnet_potential(elements, [*low_levels, target], seed=config.seed).to(device)
-    result = train_potential(potential, [*low, *train], val, replace(config, monitor=target))
+    result = train_potential(potential, [*low, *train], val, replace(config, monitor=target), out_dir)
     return {"test": errors(potential, test, target), "steps": result.optimizer_steps, "val": errors(potential, val, target),
             "best_epoch": result.best_epoch, "epochs": len(result.history)}  # best_epoch (0-based) = epochs - 1: still improving
 
@@ -130,6 +132,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every model runs and trains")
+    parser.add_argument("--checkpoints", help="keep each training run's checkpoint in this folder/<run> and resume from it")
     args = parser.parse_args(argv)
     try:
         parse_device(args.device, "--device")
@@ -164,18 +167,19 @@ def main(argv=None):
             print(f"skipped {name}: {entry(name).locate()[1]}")
             continue
         start = time.time()
+        checkpoints = Path(args.checkpoints) / key if args.checkpoints else None
         if settings is None:
             record = zero_shot(name, base, train, test, args.device)
         elif settings == "delta":
-            record = delta_on_foundation(name, base, train, val, test, scratch_config, args.device)
+            record = delta_on_foundation(name, base, train, val, test, scratch_config, args.device, checkpoints)
         elif settings == "scratch-mfi":
-            record = scratch_mfi(low, train, val, test, args.target, scratch_config, args.device)
+            record = scratch_mfi(low, train, val, test, args.target, scratch_config, args.device, checkpoints)
         else:
             config = FinetuneConfig(
                 train=TrainConfig(max_epochs=args.epochs, learning_rate=args.lr, batch_size=1, seed=args.seed),
                 **settings, device=args.device,
             )
-            result = finetune(name, args.target, train, val, config, base_fidelity=base)
+            result = finetune(name, args.target, train, val, config, base_fidelity=base, out_dir=checkpoints)
             record = {"test": errors(result.potential, test, args.target), "steps": result.report["optimizer_steps"],
                       "val": result.report["after"]["target_val"], "base_held_out": result.report["after"].get("base_held_out"),
                       "base_held_out_before": result.report["before"].get("base_held_out")}  # fmt: skip

@@ -272,3 +272,19 @@ def test_cli_default_replay_follows_the_trainable_choice():
     assert _default_replay("matgl", "adapter", []) == "distill"
     assert _default_replay("sevenn", "adapter", ["a base frame"]) == "data"
     assert _default_replay("matgl", "lowrank-target", []) == "none"
+
+
+def test_finetune_resumes_from_its_checkpoint(clusters, tmp_path, capsys):
+    """A killed fine-tuning run (here: one that ended) picks up from out_dir's checkpoint: the same
+    adapter weights and step count come back, no epoch is trained again."""
+    pytest.importorskip("sevenn", reason="sevenn is not installed (pip install -e '.[sevenn]')")
+    scan, _ = clusters
+    train = TrainConfig(max_epochs=1, learning_rate=1e-3, batch_size=4)  # progress on: the resume message shows
+    config = FinetuneConfig(train=train, replay="none", trainable="adapter", rank=2)
+    first = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], config, out_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file() and "resuming" not in capsys.readouterr().err
+    again = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], config, out_dir=tmp_path)
+    assert "resuming from" in capsys.readouterr().err
+    assert again.report["optimizer_steps"] == first.report["optimizer_steps"] == 1
+    saved, resumed = first.potential.state_dict(), again.potential.state_dict()
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)

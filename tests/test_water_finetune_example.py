@@ -60,6 +60,20 @@ def test_low_every_subsamples_the_lower_level(example, files):
     assert record["steps"] == 2 * (2 + 2) and "2 PBE frames" in record["label"]
 
 
+def test_checkpoints_let_the_same_command_resume(example, files, capsys):
+    command = arguments(files, "--low-data", str(files / "low.extxyz"), "--checkpoints", str(files / "ckpt"))
+    example.main(command)
+    (first,) = json.loads((files / "out" / "results.json").read_text())
+    assert (files / "ckpt" / "scratch-mfi" / "checkpoint.pt").is_file()
+    capsys.readouterr()
+    example.main(command)  # as after a kill at the end: resumes past the last epoch, trains no more
+    (again,) = json.loads((files / "out" / "results.json").read_text())
+    assert "resuming from" in capsys.readouterr().err and again["test"] == first["test"]
+    assert again["steps"] == first["steps"] == 2 * (3 + 2)  # the history comes back with the checkpoint
+    with pytest.raises(ValueError, match="other settings.*learning_rate"):
+        example.main([*command, "--scratch-lr", "5e-4"])
+
+
 def test_scratch_mfi_without_lower_level_is_an_error(example, files, capsys):
     with pytest.raises(SystemExit):
         example.main(arguments(files))
