@@ -414,7 +414,8 @@ def _finetune(args) -> None:
         base_fidelity=base, replay_structures=replay if mode == "data" else (), out_dir=args.out,
     )  # fmt: skip
     report = result.report
-    print(f"{args.pretrained} fine-tuned at {args.target} (base {base}, replay {mode}): {report['optimizer_steps']} steps")
+    print(f"{args.pretrained} fine-tuned at {args.target} (base {base}, replay {mode}): {report['optimizer_steps']} steps, "
+          f"{report['training_seconds']:.0f} s of training")  # fmt: skip
     for when in ("zero_shot", "before", "after"):
         for key, value in report[when].items():
             print(f"  {when:9s} {key:14s} E MAE {1000 * value['energy_mae_per_atom']:.2f} meV/atom, "

@@ -223,6 +223,7 @@ def finetune(
         "settings": {k: v for k, v in asdict(config).items() if k != "train"} | {"train": asdict(train_config)},
         "n_target_train": len(train_structures), "n_replay_train": len(replay_train), "n_base_held_out": len(held_out),
         "optimizer_steps": result.optimizer_steps, "best_epoch": result.best_epoch,
+        "training_seconds": result.training_seconds,
         "zero_shot": zero_shot, "before": before, "after": measured(),
     }  # fmt: skip
     if out_dir is not None:

@@ -91,6 +91,12 @@ class TrainResult:
         """Steps taken over all epochs: with an atom limit an epoch's count depends on its order."""
         return sum(entry["steps"] for entry in self.history)
 
+    @property
+    def training_seconds(self) -> float:
+        """Wall time of the epochs (training and validation), summed over every resume, so a run
+        killed and resumed reports all it cost; NaN where a checkpoint predates epoch timing."""
+        return sum(entry["seconds"] for entry in self.history)
+
 
 def _check_data(potential: Potential, train, val, config: TrainConfig) -> None:
     if not train:
@@ -329,6 +335,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         history = json.loads(state["history"])
         for entry in history:  # histories from before step counts: their epochs had ceil(n / batch_size) steps
             entry.setdefault("steps", -(-len(train_structures) // config.batch_size))
+            entry.setdefault("seconds", math.nan)  # from before epoch timing: unknown
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and potential.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], potential.device)
@@ -351,6 +358,7 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
     for epoch in bar:
         if epoch - best_epoch > config.patience and best_epoch >= 0:
             break
+        epoch_start = time.perf_counter()
         generator.manual_seed(config.seed * 100003 + epoch)  # same batches after a resume
         potential.train()
         train_loss, n_batches = 0.0, 0
@@ -372,7 +380,8 @@ def _train(potential, train_structures, val_structures, config: TrainConfig, out
         scheduler.step()
         potential.eval()
         metrics = validation_metrics(potential, val_graphs, config, ranks)
-        metrics.update(epoch=epoch, train_loss=train_loss / n_batches, lr=scheduler.get_last_lr()[0], steps=n_batches)
+        metrics.update(epoch=epoch, train_loss=train_loss / n_batches, lr=scheduler.get_last_lr()[0], steps=n_batches,
+                       seconds=time.perf_counter() - epoch_start)  # fmt: skip
         metrics.update({f"{name}/seen": n for name, n in Counter(train_fidelities[k] for k in order).items()})
         history.append(metrics)
         if metrics["loss"] < best_loss:

@@ -145,8 +145,10 @@ def test_cli_finetune_uses_base_frames_as_replay(clusters, tmp_path, capsys):
     out = tmp_path / "run"
     command = ["finetune", str(path), "--from", PBE_MODEL, "--target", "SCAN", "--out", str(out), "--epochs", "1", "--max-atoms", "1"]
     assert cli.main(command) == 0
-    assert "replay data" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     report = json.loads((out / "finetune_report.json").read_text())
+    assert "replay data" in printed
+    assert f"{report['optimizer_steps']} steps, {report['training_seconds']:.0f} s of training" in printed
     assert report["n_replay_train"] == 3 and report["n_base_held_out"] == 1  # a fifth of the replay held out
     assert report["optimizer_steps"] == report["n_target_train"] + report["n_replay_train"]  # one structure per batch
     assert report["settings"]["device"] == "cpu"  # --device's default reaches the config
@@ -286,5 +288,6 @@ def test_finetune_resumes_from_its_checkpoint(clusters, tmp_path, capsys):
     again = finetune("sevenn:7net-mf-0", "SCAN", scan[:4], scan[4:6], config, out_dir=tmp_path)
     assert "resuming from" in capsys.readouterr().err
     assert again.report["optimizer_steps"] == first.report["optimizer_steps"] == 1
+    assert again.report["training_seconds"] == first.report["training_seconds"] > 0  # the epoch's time came back too
     saved, resumed = first.potential.state_dict(), again.potential.state_dict()
     assert all(torch.equal(saved[k], resumed[k]) for k in saved)

@@ -134,7 +134,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
     def killed_after_two_epochs(path, state):
         real_save(path, state)
-        saved.append(state["epoch"])
+        saved.append(json.loads(state["history"]))
         if len(saved) == 2:
             raise KeyboardInterrupt
 
@@ -145,6 +145,9 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     fresh = cu_potential(seed=99)  # a new process: different init, must not matter
     result = train(fresh, data[:18], data[18:], quick(max_epochs=4), out_dir=tmp_path / "split")
     assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    before_the_kill = [h["seconds"] for h in saved[-1]]  # the killed process's epoch times count too
+    assert [h["seconds"] for h in result.history[:2]] == before_the_kill and min(before_the_kill) > 0
+    assert result.training_seconds == pytest.approx(sum(h["seconds"] for h in result.history))
     for a, b in zip(straight.state_dict().values(), fresh.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert (tmp_path / "split" / "best_model.safetensors").exists()

@@ -70,6 +70,8 @@ def test_checkpoints_let_the_same_command_resume(example, files, capsys):
     (again,) = json.loads((files / "out" / "results.json").read_text())
     assert "resuming from" in capsys.readouterr().err and again["test"] == first["test"]
     assert again["steps"] == first["steps"] == 2 * (3 + 2)  # the history comes back with the checkpoint
+    assert again["training_seconds"] == first["training_seconds"] > 0  # and its epoch times: no epoch ran again
+    assert "| training (s) |" in (files / "out" / "report.md").read_text()
     with pytest.raises(ValueError, match="other settings.*learning_rate"):
         example.main([*command, "--scratch-lr", "5e-4"])
 

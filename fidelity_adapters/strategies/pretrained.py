@@ -26,7 +26,7 @@ from ..data import LabelledStructure
 from ..finetune import FinetuneConfig, finetune
 from ..potential import Potential
 from ..pretrained import entry, load_pretrained
-from ..training import TrainConfig, train
+from ..training import TrainConfig, TrainResult, train
 from .delta import DELTA, DeltaPotential
 from .task import Fitted, Task
 
@@ -112,10 +112,10 @@ def fit_finetuned_transfer(task: Task) -> Fitted:
 def foundation_delta(
     foundation: Potential, base: str, delta: Potential, train_structures: Sequence[LabelledStructure],
     val_structures: Sequence[LabelledStructure], config: TrainConfig, out_dir=None,
-) -> tuple[DeltaPotential, int]:
+) -> tuple[DeltaPotential, TrainResult]:
     """Train `delta` (a potential whose one fidelity is DELTA) on the differences between the
     labels and the frozen `foundation`'s predictions at `base`; returns the sum of the two and
-    the optimizer steps taken."""
+    the delta's training result (steps, epoch times)."""
 
     def differences(structures: Sequence[LabelledStructure]) -> list[LabelledStructure]:
         predicted = foundation.predict(list(structures), base)
@@ -127,12 +127,12 @@ def foundation_delta(
 
     train_set, val_set = differences(train_structures), differences(val_structures)
     result = train(delta, train_set, val_set, replace(config, monitor=DELTA), out_dir)
-    return DeltaPotential(foundation, base, delta), result.optimizer_steps
+    return DeltaPotential(foundation, base, delta), result
 
 
 def fit_foundation_delta(task: Task) -> Fitted:
     foundation, base = _foundation_with_offset(task)
-    combined, steps = foundation_delta(
+    combined, result = foundation_delta(
         foundation, base, task.potential([DELTA]), task.pick(task.split.hifi_train), task.pick(task.split.validation),
         task.config, task.out_dir,
     )  # fmt: skip
@@ -140,4 +140,5 @@ def fit_foundation_delta(task: Task) -> Fitted:
         f"{task.pretrained} at {base} (frozen, offset fitted) + a from-scratch {task.backbone} of the difference "
         f"between the {task.hifi} labels and its prediction"
     )
-    return Fitted(combined.predict, {"foundation": foundation, "delta": combined.delta}, note, {"optimizer_steps": steps})
+    models = {"foundation": foundation, "delta": combined.delta}
+    return Fitted(combined.predict, models, note, {"optimizer_steps": result.optimizer_steps})
