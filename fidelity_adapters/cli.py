@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -423,13 +424,43 @@ def _finetune(args) -> None:
     print(f"model: {Path(args.out) / 'model.safetensors'}; report: {Path(args.out) / 'finetune_report.json'}")
 
 
+def cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]]:
+    """{cpu: (all jiffies, idle + iowait jiffies)} of the given CPUs, from Linux's /proc/stat."""
+    times = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
+                values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+                times[int(name[3:])] = (sum(values), values[3] + values[4])
+    return times
+
+
+def busy_cores(cpus: set[int], seconds: float = 0.3) -> float | None:
+    """How many of `cpus` other processes keep busy now (this one sleeps while it looks);
+    None where /proc/stat cannot say."""
+    try:
+        first = cpu_times(cpus)
+        time.sleep(seconds)
+        second = cpu_times(cpus)
+    except (OSError, ValueError):
+        return None
+    spans = [(total - first[c][0], idle - first[c][1]) for c, (total, idle) in second.items() if c in first]
+    spans = [(total, idle) for total, idle in spans if total > 0]
+    return sum(1 - idle / total for total, idle in spans) if spans else None
+
+
 def default_threads() -> int:
     """Torch threads when --threads is not given: the cores this process may use, less those
-    other processes keep busy (1-minute load average). Torch's own default, every core, made
-    the main job 10x slower beside one other busy process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, cores - busy)
+    other processes keep busy. Torch's own default, every core, made the main job 10x slower
+    beside one other busy process. Busy means busy now: the 1-minute load average still
+    counted the pip install that the README's first command runs just before the demo, and
+    gave the demo one thread of two."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    busy = busy_cores(cpus)
+    if busy is None:  # no /proc/stat (macOS): the load average
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, len(cpus) - round(busy))
 
 
 def set_threads(requested: int | None) -> str:

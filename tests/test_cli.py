@@ -1,6 +1,8 @@
 """The command line: train, evaluate --json, info, and errors as messages with exit code 2."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,13 +156,40 @@ def test_threads_option_sets_torch_threads(data_file, monkeypatch, capsys):
     assert main(["evaluate", "--threads", "0", "absent.safetensors", str(data_file), "--fidelity", "SCAN"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert default_threads() == 3  # four cores, one kept busy by another process
+    monkeypatch.setattr("os.getloadavg", lambda: (2.0, 2.0, 2.0))  # e.g. a pip install that has just ended
+    # /proc/stat's (all, idle) jiffies, read twice: cpu 1 busy 90 % of the time in between, the others idle
+    busy_first, busy_second = {c: (1000, 1000) for c in range(4)}, {c: (1100, 1100) for c in range(4)} | {1: (1100, 1010)}
+    samples = iter([busy_first, busy_second])
+
+    def stat_sample(cpus):
+        return next(samples)
+
+    monkeypatch.setattr("fidelity_adapters.cli.cpu_times", stat_sample)
+    assert default_threads() == 3  # four cores, one kept busy now by another process; not the load average's 2
+    samples = iter([busy_first, busy_second])
     main(["evaluate", "absent.safetensors", str(data_file), "--fidelity", "SCAN"])
     assert "torch threads: 3 (the free cores" in capsys.readouterr().err and torch.get_num_threads() == 3
+    samples = iter([busy_first, {c: (1100, 1000) for c in range(4)}])
+    assert default_threads() == 1  # all four busy
+
+    def no_proc_stat(cpus):
+        raise FileNotFoundError("/proc/stat")
+
+    monkeypatch.setattr("fidelity_adapters.cli.cpu_times", no_proc_stat)
+    assert default_threads() == 2  # without /proc/stat (macOS): the load average
     monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
     assert default_threads() == 1
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux's /proc/stat")
+def test_busy_cores_reads_this_machine():
+    from fidelity_adapters.cli import busy_cores
+
+    cpus = os.sched_getaffinity(0)
+    busy = busy_cores(cpus, seconds=0.05)
+    assert busy is not None and 0 <= busy <= len(cpus) + 1e-9
+    assert busy_cores({10**6}, seconds=0.0) is None  # a CPU /proc/stat does not list: nothing to say
 
 
 def test_relax_on_an_empty_file_is_a_message(tmp_path, capsys):
